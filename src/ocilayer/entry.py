@@ -1,0 +1,139 @@
+"""The entry record: the one type that crosses module boundaries.
+
+Layer readers produce entries, tar writers and appliers consume them. A path is
+bytes, relative to the layer root, `/`-separated, with no leading `./` or `/` and
+no trailing `/`, so names that are not valid UTF-8 pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import BinaryIO
+
+EMPTY_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
+
+
+class ChangeKind(enum.IntEnum):
+    """How a path differs from the lower layers (the values of continuity's ChangeKind)."""
+
+    # Unchanged, but reported because it shares an inode with a changed file.
+    UNMODIFIED = 0
+    ADD = 1
+    MODIFY = 2
+    DELETE = 3
+    # The directory hides everything below it that comes from lower layers.
+    OPAQUE = 4
+
+
+class FileType(enum.Enum):
+    """File type of an entry; the value is the tar typeflag, or empty for sockets."""
+
+    REGULAR = b"0"
+    HARDLINK = b"1"
+    SYMLINK = b"2"
+    CHAR = b"3"
+    BLOCK = b"4"
+    DIRECTORY = b"5"
+    FIFO = b"6"
+    SOCKET = b""
+
+    @classmethod
+    def from_mode(cls, st_mode: int) -> FileType:
+        """Map the type bits of `st_mode` to a file type."""
+        return _TYPE_BY_IFMT[stat.S_IFMT(st_mode)]
+
+
+_TYPE_BY_IFMT = {
+    stat.S_IFREG: FileType.REGULAR,
+    stat.S_IFDIR: FileType.DIRECTORY,
+    stat.S_IFLNK: FileType.SYMLINK,
+    stat.S_IFCHR: FileType.CHAR,
+    stat.S_IFBLK: FileType.BLOCK,
+    stat.S_IFIFO: FileType.FIFO,
+    stat.S_IFSOCK: FileType.SOCKET,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AlternateStream:
+    """A named NTFS data stream of a Windows file (`name:stream`)."""
+
+    name: str
+    size: int
+    opener: Callable[[], BinaryIO] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowsMetadata:
+    """Windows-only file metadata, carried in `MSWINDOWS.*` PAX records."""
+
+    attributes: int = 0
+    security_descriptor: bytes | None = None
+    creation_time_ns: int | None = None
+    reparse_data: bytes | None = None
+    extended_attributes: tuple[tuple[str, bytes, int], ...] = ()
+    streams: tuple[AlternateStream, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One path of a layer changeset with its metadata and a way to read its content.
+
+    `kind` says what changed. A DELETE entry names the deleted path and an OPAQUE
+    entry names the directory, and neither uses the metadata fields. `mode` holds
+    the permission bits with setuid, setgid and sticky (07777), never type bits.
+    `link_key` identifies the inode for hardlink grouping (device and inode on
+    Linux, the file id on Windows); only non-directories with `nlink > 1` form
+    groups. Content comes from `source_path` (a file on disk) or else from `opener`.
+    """
+
+    path: bytes
+    kind: ChangeKind = ChangeKind.ADD
+    type: FileType = FileType.REGULAR
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    size: int = 0
+    linkname: bytes = b""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: Mapping[bytes, bytes] = field(default=EMPTY_XATTRS)
+    link_key: Hashable | None = None
+    nlink: int = 1
+    source_path: bytes | None = None
+    opener: Callable[[], BinaryIO] | None = None
+    windows: WindowsMetadata | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type is FileType.DIRECTORY
+
+    @property
+    def hardlinked(self) -> bool:
+        """Whether the entry belongs to a hardlink group."""
+        return self.link_key is not None and self.nlink > 1 and self.type is not FileType.DIRECTORY
+
+    def open(self) -> BinaryIO:
+        """Open the content of a regular file for reading."""
+        if self.source_path is not None:
+            return open(self.source_path, "rb")
+        if self.opener is not None:
+            return self.opener()
+        raise ValueError(f"entry {self.path!r} has no content to read")
+
+
+def parent_of(path: bytes) -> bytes:
+    """Return the parent of a relative entry path, `b""` for the layer root."""
+    cut = path.rfind(b"/")
+    return path[:cut] if cut > 0 else b""
+
+
+def base_of(path: bytes) -> bytes:
+    return path[path.rfind(b"/") + 1 :]

@@ -1,0 +1,1 @@
+"""Tar encoding (Go-compatible) and reading."""
