@@ -12,12 +12,14 @@ import gzip
 import io
 import os
 import zlib
-from typing import BinaryIO
+from types import ModuleType
+from typing import BinaryIO, cast
 
 import zstandard
 
 from ocilayer.errors import OcilayerError
 
+igzip_threaded: ModuleType | None
 try:
     from isal import igzip_threaded
 except ImportError:  # pragma: no cover - isal ships wheels for the supported platforms
@@ -102,18 +104,21 @@ def open_compressor(
     if threads <= 0:
         threads = os.cpu_count() or 1
     if compression is Compression.NONE:
-        return _Unclosable(raw)
+        return cast(BinaryIO, _Unclosable(raw))
     if compression is Compression.ZSTD:
         compressor = zstandard.ZstdCompressor(level=level, threads=threads)
-        return compressor.stream_writer(raw, closefd=False)  # type: ignore[no-any-return]
+        return cast(BinaryIO, compressor.stream_writer(raw, closefd=False))
     if igzip_threaded is not None:
         # The threaded writer is used even with one thread: its block layout, and so its
         # output, does not depend on the thread count.
         writer = igzip_threaded.open(
             _Unclosable(raw), "wb", compresslevel=_isal_level(level), threads=threads
         )
-        return writer  # type: ignore[no-any-return]
-    return gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0, filename="")
+        return cast(BinaryIO, writer)
+    return cast(
+        BinaryIO,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0, filename=""),
+    )
 
 
 class _Unclosable(io.RawIOBase):
@@ -199,8 +204,10 @@ def open_decompressor(raw: BinaryIO) -> tuple[BinaryIO, Compression]:
         return io.BufferedReader(_GzipMembers(raw, head), 1 << 16), compression
     source = _Prefixed(head, raw)
     if compression is Compression.ZSTD:
-        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-        return io.BufferedReader(_ZstdErrors(reader), 1 << 16), compression
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, source), read_across_frames=True
+        )
+        return io.BufferedReader(_ZstdErrors(cast(BinaryIO, reader)), 1 << 16), compression
     return io.BufferedReader(source, 1 << 16), compression
 
 

@@ -104,7 +104,7 @@ class Entry:
     linkname: bytes = b""
     devmajor: int = 0
     devminor: int = 0
-    xattrs: Mapping[bytes, bytes] = field(default=EMPTY_XATTRS)
+    xattrs: Mapping[bytes, bytes] = field(default_factory=lambda: EMPTY_XATTRS)
     link_key: Hashable | None = None
     nlink: int = 1
     source_path: bytes | None = None

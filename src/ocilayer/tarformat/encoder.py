@@ -280,9 +280,7 @@ def encode_header(h: TarHeader) -> bytes:
         raise TarFormatError(f"{name!r}: header needs the GNU tar format")
     for key, value in records.items():
         _check_record(key, value, name)
-    return _pax_extended_header(name, records) + _ustar_block(
-        h, name, b"", mtime, ascii_only=True
-    )
+    return _pax_extended_header(name, records) + _ustar_block(h, name, b"", mtime, ascii_only=True)
 
 
 def data_padding(size: int) -> bytes:

@@ -1,0 +1,81 @@
+"""The `ocilayer` command line: one module per subcommand, errors on stderr, data on stdout.
+
+Exit status: 0 on success, 1 when the operation failed, 2 on a usage error, 130 when
+interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from ocilayer import __version__
+from ocilayer.cli import export_command
+from ocilayer.errors import Cancelled, OcilayerError
+
+log = logging.getLogger("ocilayer")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together; exits with status 2."""
+
+
+Runner = Callable[[argparse.Namespace], int]
+
+# Each subcommand module has add_parser(subparsers) and run(args) -> int.
+SUBCOMMANDS = [export_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocilayer",
+        description="Turn container filesystem layers into OCI layer tar streams, and back.",
+    )
+    parser.add_argument("--version", action="version", version=f"ocilayer {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="log every step and show tracebacks on errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def _configure_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ocilayer: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug)
+    runner: Runner = args.run
+    try:
+        return runner(args)
+    except UsageError as error:
+        parser.print_usage(sys.stderr)
+        print(f"ocilayer: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Cancelled):
+        print("ocilayer: interrupted; no output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OcilayerError, OSError) as error:
+        if args.debug:
+            log.exception("failed")
+        print(f"ocilayer: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def entry_point() -> None:
+    sys.exit(main())

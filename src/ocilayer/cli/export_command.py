@@ -1,0 +1,165 @@
+"""`ocilayer export`: write a layer directory as an OCI layer tar."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ocilayer.compression import Compression
+from ocilayer.export import export_layer_to_tar
+from ocilayer.sink import atomic_output
+from ocilayer.xattrs import XattrPolicy
+
+STDOUT = "-"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a layer directory as an OCI layer tar",
+        description=(
+            "Write LAYER as an OCI layer tar. Without --parent every file of LAYER is an "
+            "addition (a base layer); with parents, the layer holds the changes from the "
+            "parents merged lowest first to LAYER, with whiteouts for deleted paths."
+        ),
+    )
+    parser.add_argument("layer", metavar="LAYER", help="directory holding the full layer tree")
+    parser.add_argument(
+        "--parent",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a parent layer directory; repeat for each parent, lowest first",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=STDOUT,
+        metavar="FILE",
+        help="where to write the layer; '-' (the default) is stdout. A file is written "
+        "under a temporary name and renamed when complete",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=[c.value for c in Compression],
+        help="codec of the output (default: from the output name: .tar.gz or .tgz gzip, "
+        ".tar.zst zstd, anything else and stdout none)",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        metavar="N",
+        help="compression level: gzip 0-9 (default 6), zstd 1-19 (default 3)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compression threads (default 0: one per CPU)",
+    )
+    parser.add_argument(
+        "--source-date-epoch",
+        type=int,
+        metavar="SECONDS",
+        help="clamp file times later than this Unix time down to it (default: the "
+        "SOURCE_DATE_EPOCH environment variable, if set)",
+    )
+    parser.add_argument(
+        "--keep-nanoseconds",
+        action="store_true",
+        help="keep sub-second file times (as PAX records) instead of cutting them to seconds",
+    )
+    parser.add_argument(
+        "--xattrs",
+        choices=[p.value for p in XattrPolicy],
+        default=XattrPolicy.ALL.value,
+        help="extended attributes to carry: all (default; host-specific ones such as "
+        "security.selinux and overlay.* are never carried), capability (only "
+        "security.capability, as containerd does) or none",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="export only this path of the layer and what is below it; repeatable",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the OCI descriptor (mediaType, digest, size) and diffID as JSON on stdout",
+    )
+    parser.set_defaults(run=run)
+
+
+def _source_date_epoch(args: argparse.Namespace) -> int | None:
+    from ocilayer.cli import UsageError
+
+    if args.source_date_epoch is not None:
+        return int(args.source_date_epoch)
+    text = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds; fix or unset it"
+        ) from None
+
+
+@contextlib.contextmanager
+def _open_output(target: str) -> Iterator[BinaryIO]:
+    if target == STDOUT:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+    else:
+        with atomic_output(target) as raw:
+            yield raw
+
+
+def run(args: argparse.Namespace) -> int:
+    from ocilayer.cli import EXIT_OK, UsageError
+
+    to_stdout = args.output == STDOUT
+    if to_stdout and args.json:
+        raise UsageError("--json prints to stdout, so it needs -o FILE for the layer")
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+    if args.compression is not None:
+        compression = Compression(args.compression)
+    elif to_stdout:
+        compression = Compression.NONE
+    else:
+        compression = Compression.from_filename(args.output)
+    if args.level is not None and args.level not in compression.levels:
+        levels = compression.levels
+        raise UsageError(
+            f"--level {args.level} is not valid for {compression.value}: "
+            f"use {levels.start}-{levels.stop - 1}"
+        )
+    epoch = _source_date_epoch(args)
+    include = [os.fsencode(path) for path in args.include]
+
+    with _open_output(args.output) as raw:
+        descriptor = export_layer_to_tar(
+            raw,
+            args.layer,
+            args.parent,
+            compression=compression,
+            level=args.level,
+            threads=args.threads,
+            source_date_epoch=epoch,
+            keep_nanoseconds=args.keep_nanoseconds,
+            xattrs=XattrPolicy(args.xattrs),
+            include=include,
+        )
+    if args.json:
+        print(json.dumps(descriptor.to_json(), indent=2))
+    return EXIT_OK

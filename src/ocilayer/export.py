@@ -1,0 +1,130 @@
+"""Export: a layer reader's entries through the tar writer, compressor and digests to a sink.
+
+The tar bytes feed one sha256 (the diff_id) on their way into the compressor, and the
+compressed bytes feed a second sha256 and a byte count on their way to the sink, so
+one pass yields both digests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, Protocol
+
+from ocilayer.compression import Compression, open_compressor
+from ocilayer.digest import Descriptor, HashingWriter
+from ocilayer.entry import Entry
+from ocilayer.errors import Cancelled
+from ocilayer.sources.snapshot import SnapshotSource
+from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
+from ocilayer.xattrs import XattrPolicy
+
+log = logging.getLogger("ocilayer")
+
+PathArg = str | bytes | os.PathLike[str]
+
+
+class LayerReader(Protocol):
+    """What the tar writer needs from a source: its changes, and lookups of its directories."""
+
+    def changes(self) -> Iterator[Entry]: ...
+
+    def lookup(self, path: bytes) -> Entry: ...
+
+
+def export_changes(
+    path: PathArg,
+    parent_layer_paths: Iterable[PathArg] = (),
+    *,
+    xattrs: XattrPolicy = XattrPolicy.ALL,
+    include: Iterable[bytes] = (),
+) -> Iterator[Entry]:
+    """Yield the changes of a snapshot against its parents, without writing a tar.
+
+    The entries come in the order the tar writer takes them. Parent directories are
+    not added here; the tar writer adds them.
+    """
+    return SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include).changes()
+
+
+def write_layer(
+    reader: LayerReader,
+    writer: BinaryIO,
+    *,
+    compression: Compression = Compression.NONE,
+    level: int | None = None,
+    threads: int = 0,
+    options: RecipeOptions = RecipeOptions(),
+    cancel: threading.Event | None = None,
+) -> Descriptor:
+    """Write the layer tar of `reader` to `writer`, compressed, and return its descriptor.
+
+    `cancel` is checked before each entry; when it is set, Cancelled is raised and
+    the end-of-archive blocks are never written.
+    """
+    blob = HashingWriter(writer)
+    compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
+    tar = HashingWriter(compressor)
+    tar_writer = LayerTarWriter(tar, reader.lookup, options)  # type: ignore[arg-type]
+    try:
+        for entry in reader.changes():
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("export cancelled")
+            tar_writer.add(entry)
+        tar_writer.close()
+    except BaseException:
+        _abandon(compressor)
+        raise
+    compressor.close()
+    blob.flush()
+    if tar_writer.skipped_sockets:
+        log.warning("%s", socket_warning(tar_writer.skipped_sockets))
+    return Descriptor(compression.media_type, blob.digest, blob.size, tar.digest)
+
+
+def _abandon(compressor: BinaryIO) -> None:
+    """Stop a compressor after a failure; what it writes then is discarded with the output."""
+    try:
+        compressor.close()
+    except Exception as error:  # the original error matters more
+        log.debug("closing the compressor after a failure: %s", error)
+
+
+def export_layer_to_tar(
+    writer: BinaryIO,
+    path: PathArg,
+    parent_layer_paths: Iterable[PathArg] = (),
+    *,
+    cancel: threading.Event | None = None,
+    compression: Compression = Compression.NONE,
+    level: int | None = None,
+    threads: int = 0,
+    source_date_epoch: int | None = None,
+    keep_nanoseconds: bool = False,
+    xattrs: XattrPolicy = XattrPolicy.ALL,
+    include: Iterable[bytes] = (),
+) -> Descriptor:
+    """Export a layer directory as an OCI layer tar stream into `writer`.
+
+    `path` is a full snapshot of the layer and `parent_layer_paths` its parent
+    layers, lowest first; without parents every path is an addition. The stream is
+    compressed with `compression` at `level` using `threads` threads (0: one per
+    CPU). `source_date_epoch` (Unix seconds) clamps later mtimes; the environment
+    variable SOURCE_DATE_EPOCH is read by the CLI, not here. Returns the OCI
+    descriptor of what was written, with the diff_id of the uncompressed tar.
+
+    Raises LayerError for an unreadable layer, Cancelled when `cancel` is set.
+    """
+    reader = SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include)
+    options = RecipeOptions(source_date_epoch=source_date_epoch, keep_nanoseconds=keep_nanoseconds)
+    return write_layer(
+        reader,
+        writer,
+        compression=compression,
+        level=level,
+        threads=threads,
+        options=options,
+        cancel=cancel,
+    )

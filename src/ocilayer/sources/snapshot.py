@@ -1,0 +1,222 @@
+"""Snapshot source: a full directory tree, diffed against its merged parent layers.
+
+Without parents every path is an addition (a base layer). With parents the changes
+are those of continuity's `fs.Changes` double walk, which containerd's WriteDiff
+uses, so the same trees give the same changes in the same order:
+
+- a path only in the lower view is a DELETE, and paths below a deleted directory are
+  dropped (one whiteout deletes the subtree);
+- a path only in the tree is an ADD;
+- a path in both is a MODIFY unless `same_file` says it is unchanged. An unchanged
+  non-directory with more than one link is still reported, as UNMODIFIED, because
+  the tar writer needs every name of a hardlink group.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+
+from ocilayer.entry import ChangeKind, Entry, FileType
+from ocilayer.errors import LayerError
+from ocilayer.sources.union import (
+    WHITEOUT_PREFIX,
+    Node,
+    walk_key,
+    walk_tree,
+    walk_union,
+)
+from ocilayer.xattrs import XattrPolicy, read_capability, read_xattrs
+
+Change = tuple[ChangeKind, Node]
+
+_COMPARE_CHUNK = 1 << 20
+
+
+def _files_equal(first: bytes, second: bytes) -> bool:
+    with open(first, "rb") as one, open(second, "rb") as two:
+        while True:
+            left = one.read(_COMPARE_CHUNK)
+            right = two.read(_COMPARE_CHUNK)
+            if left != right:
+                return False
+            if not left:
+                return True
+
+
+def same_file(lower: Node, upper: Node) -> bool:
+    """Decide whether a path present in both trees is unchanged, by continuity's rules.
+
+    Type, permissions, owner and device number must match, and so must the
+    `security.capability` bytes (no other xattr is compared). For a non-directory,
+    size and mtime seconds must match too. When both mtimes have zero nanoseconds
+    (so a tar round trip may have cut them), the content decides: symlink targets,
+    or file bytes. Otherwise the nanoseconds decide and the content is not read.
+    """
+    a, b = lower.st, upper.st
+    if a.st_dev == b.st_dev and a.st_ino == b.st_ino:
+        return True
+    if (a.st_mode, a.st_uid, a.st_gid, a.st_rdev) != (b.st_mode, b.st_uid, b.st_gid, b.st_rdev):
+        return False
+    if read_capability(lower.full) != read_capability(upper.full):
+        return False
+    if stat.S_ISDIR(a.st_mode):
+        return True
+    if a.st_size != b.st_size:
+        return False
+    a_secs, a_nanos = divmod(a.st_mtime_ns, 1_000_000_000)
+    b_secs, b_nanos = divmod(b.st_mtime_ns, 1_000_000_000)
+    if a_secs != b_secs:
+        return False
+    if a_nanos == 0 and b_nanos == 0:
+        if stat.S_ISLNK(a.st_mode):
+            return os.readlink(lower.full) == os.readlink(upper.full)
+        if a.st_size == 0:
+            return True
+        return _files_equal(lower.full, upper.full)
+    return a_nanos == b_nanos
+
+
+def _is_linked(st: os.stat_result) -> bool:
+    return st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
+
+
+def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]:
+    """Merge two walks into changes, in walk order (continuity's double walk)."""
+    lower_it, upper_it = iter(lower), iter(upper)
+    low = next(lower_it, None)
+    up = next(upper_it, None)
+    # Prefix of a deleted directory ("dir/"): lower paths below it need no whiteout.
+    removed_dir: bytes | None = None
+    while low is not None or up is not None:
+        if up is None or (low is not None and walk_key(low.path) < walk_key(up.path)):
+            assert low is not None
+            if removed_dir is not None and low.path.startswith(removed_dir):
+                low = next(lower_it, None)
+                continue
+            if stat.S_ISDIR(low.st.st_mode):
+                removed_dir = low.path + b"/"
+            else:
+                removed_dir = None
+            yield ChangeKind.DELETE, low
+            low = next(lower_it, None)
+        elif low is None or walk_key(low.path) > walk_key(up.path):
+            removed_dir = None
+            yield ChangeKind.ADD, up
+            up = next(upper_it, None)
+        else:
+            same = same_file(low, up)
+            if stat.S_ISDIR(low.st.st_mode) and not stat.S_ISDIR(up.st.st_mode):
+                removed_dir = low.path + b"/"
+            else:
+                removed_dir = None
+            if not same:
+                yield ChangeKind.MODIFY, up
+            elif _is_linked(up.st):
+                yield ChangeKind.UNMODIFIED, up
+            low = next(lower_it, None)
+            up = next(upper_it, None)
+
+
+def entry_from_node(
+    node: Node, kind: ChangeKind, policy: XattrPolicy, st: os.stat_result | None = None
+) -> Entry:
+    """Build the entry of a path on disk from its lstat."""
+    st = st or node.st
+    file_type = FileType.from_mode(st.st_mode)
+    linkname = b""
+    devmajor = devminor = 0
+    if file_type is FileType.SYMLINK:
+        linkname = os.readlink(node.full)
+    elif file_type is FileType.CHAR or file_type is FileType.BLOCK:
+        devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    return Entry(
+        path=node.path,
+        kind=kind,
+        type=file_type,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size if file_type is FileType.REGULAR else 0,
+        linkname=linkname,
+        devmajor=devmajor,
+        devminor=devminor,
+        xattrs=read_xattrs(node.full, policy) if file_type is not FileType.SOCKET else {},
+        link_key=(st.st_dev, st.st_ino),
+        nlink=st.st_nlink,
+        source_path=node.full if file_type is FileType.REGULAR else None,
+    )
+
+
+def _check_name(node: Node) -> Node:
+    name = node.path[node.path.rfind(b"/") + 1 :]
+    if name.startswith(WHITEOUT_PREFIX):
+        raise LayerError(
+            f"{os.fsdecode(node.full)!r}: a file name that starts with '.wh.' would be read "
+            "as a whiteout by every layer applier; rename or remove it before exporting"
+        )
+    return node
+
+
+def _inside(path: bytes, subtrees: tuple[bytes, ...]) -> bool:
+    return any(path == top or path.startswith(top + b"/") for top in subtrees)
+
+
+class SnapshotSource:
+    """Layer reader over a full tree, diffed against its parent layers (lowest first).
+
+    `include` limits the changes to the given subtrees (relative paths); parent
+    directories of included changes are still written by the tar writer.
+    """
+
+    def __init__(
+        self,
+        path: str | bytes | os.PathLike[str],
+        parent_layer_paths: Iterable[str | bytes | os.PathLike[str]] = (),
+        *,
+        xattrs: XattrPolicy = XattrPolicy.ALL,
+        include: Iterable[bytes] = (),
+    ) -> None:
+        self.root = _directory(path)
+        self.parents = [_directory(parent) for parent in parent_layer_paths]
+        self.xattrs = xattrs
+        self.include = tuple(top.strip(b"/") for top in include)
+
+    def changes(self) -> Iterator[Entry]:
+        """Yield the changes of the layer as entries, in walk order."""
+        upper = (_check_name(node) for node in walk_tree(self.root))
+        if self.parents:
+            changes: Iterable[Change] = diff_walks(walk_union(self.parents), upper)
+        else:
+            changes = ((ChangeKind.ADD, node) for node in upper)
+        for kind, node in changes:
+            if self.include and not _inside(node.path, self.include):
+                continue
+            if kind is ChangeKind.DELETE:
+                yield Entry(path=node.path, kind=kind)
+            else:
+                yield entry_from_node(node, kind, self.xattrs)
+
+    def lookup(self, path: bytes) -> Entry:
+        """Return the current state of a directory of the layer, as a MODIFY entry."""
+        full = os.path.join(self.root, path)
+        node = Node(path, os.lstat(full), full)
+        return entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
+
+
+def _directory(path: str | bytes | os.PathLike[str]) -> bytes:
+    full = os.fsencode(path)
+    try:
+        st = os.stat(full)
+    except FileNotFoundError:
+        raise LayerError(f"layer directory {os.fsdecode(full)!r} does not exist") from None
+    except OSError as error:
+        raise LayerError(f"cannot read layer directory {os.fsdecode(full)!r}: {error}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise LayerError(f"{os.fsdecode(full)!r} is not a directory; a layer is a directory")
+    return full
+
+
+LayerLookup = Callable[[bytes], Entry]

@@ -1,0 +1,151 @@
+"""Sorted tree walks: one directory, or several layers merged as overlayfs merges lowerdirs.
+
+A walk yields `Node`s in the order of continuity's `fs.Changes`: pre-order depth
+first, each directory's names sorted as bytes. That is the order of full paths
+compared byte by byte with `/` taken as the lowest byte (see `walk_key`), so two
+walks can be merged in one linear pass.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ocilayer.errors import LayerError
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+# AUFS kept its own metadata under names with this prefix; none of it is file content.
+WHITEOUT_META_PREFIX = b".wh..wh."
+OVERLAY_XATTR_NAMESPACES = (b"trusted.", b"user.")
+
+
+class Node(NamedTuple):
+    """One path of a walked tree: its relative path, its lstat and its path on disk."""
+
+    path: bytes
+    st: os.stat_result
+    full: bytes
+
+
+def walk_key(path: bytes) -> bytes:
+    """Return the sort key of a path in walk order (`/` sorts below every other byte)."""
+    return path.replace(b"/", b"\x00")
+
+
+def get_xattr(full: bytes, name: bytes) -> bytes | None:
+    """Read one xattr without following symlinks; None when it is absent or unsupported."""
+    try:
+        return os.getxattr(full, name, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return None
+        raise
+
+
+def is_overlay_opaque(full: bytes) -> bool:
+    """Whether a directory carries `overlay.opaque=y` in the trusted or user namespace.
+
+    The value `x` only says the directory may hold xattr whiteouts; it is not opaque.
+    """
+    return any(get_xattr(full, ns + b"overlay.opaque") == b"y" for ns in OVERLAY_XATTR_NAMESPACES)
+
+
+def is_overlay_whiteout(st: os.stat_result, full: bytes) -> bool:
+    """Whether a file is an overlayfs whiteout: a 0/0 char device, or an xattr whiteout.
+
+    An xattr whiteout is a zero-size regular file carrying `overlay.whiteout`.
+    """
+    if stat.S_ISCHR(st.st_mode):
+        return st.st_rdev == 0
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        return any(
+            get_xattr(full, ns + b"overlay.whiteout") is not None for ns in OVERLAY_XATTR_NAMESPACES
+        )
+    return False
+
+
+def _scan(directory: bytes) -> list[tuple[bytes, os.stat_result, bytes]]:
+    try:
+        with os.scandir(directory) as entries:
+            return [(e.name, e.stat(follow_symlinks=False), e.path) for e in entries]
+    except OSError as error:
+        raise LayerError(f"cannot read directory {os.fsdecode(directory)!r}: {error}") from error
+
+
+def walk_tree(root: bytes) -> Iterator[Node]:
+    """Walk one directory tree (the root itself excluded), lstat-ing every path once."""
+    yield from _walk_dir(root, b"")
+
+
+def _walk_dir(directory: bytes, prefix: bytes) -> Iterator[Node]:
+    for name, st, full in sorted(_scan(directory)):
+        path = prefix + name
+        yield Node(path, st, full)
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(full, path + b"/")
+
+
+class _Chosen:
+    """The visible version of one name while merging layers, and the lower dirs below it."""
+
+    __slots__ = ("dirs", "full", "sealed", "st")
+
+    def __init__(self, st: os.stat_result, full: bytes) -> None:
+        self.st = st
+        self.full = full
+        self.dirs = [full] if stat.S_ISDIR(st.st_mode) else []
+        # Set once a lower layer holds a non-directory here: layers below it are hidden.
+        self.sealed = not self.dirs
+
+
+def walk_union(layers: list[bytes]) -> Iterator[Node]:
+    """Walk the merged view of `layers` (lowest first), as an overlay mount shows it.
+
+    Whiteouts (`.wh.<name>` files, 0/0 char devices, xattr whiteouts) hide the name in
+    the layers below theirs, opaque directories (`.wh..wh..opq` or `overlay.opaque=y`)
+    hide everything below them, and a non-directory hides same-named directories
+    below it. No whiteout or marker appears in the view.
+    """
+    yield from _walk_merged(list(reversed(layers)), b"")
+
+
+def _walk_merged(dirs: list[bytes], prefix: bytes) -> Iterator[Node]:
+    chosen: dict[bytes, _Chosen] = {}
+    hidden: set[bytes] = set()
+    for directory in dirs:
+        whiteouts: set[bytes] = set()
+        opaque = False
+        for name, st, full in _scan(directory):
+            if name.startswith(WHITEOUT_PREFIX):
+                if name == OPAQUE_MARKER:
+                    opaque = True
+                elif not name.startswith(WHITEOUT_META_PREFIX):
+                    whiteouts.add(name[len(WHITEOUT_PREFIX) :])
+                continue
+            if is_overlay_whiteout(st, full):
+                whiteouts.add(name)
+                continue
+            if name in hidden:
+                continue
+            known = chosen.get(name)
+            if known is None:
+                chosen[name] = _Chosen(st, full)
+            elif not known.sealed:
+                if stat.S_ISDIR(st.st_mode):
+                    known.dirs.append(full)
+                else:
+                    known.sealed = True
+        # A layer's whiteouts hide the layers below it, never its own entries.
+        hidden |= whiteouts
+        if opaque or is_overlay_opaque(directory):
+            break
+    for name in sorted(chosen):
+        item = chosen[name]
+        path = prefix + name
+        yield Node(path, item.st, item.full)
+        if item.dirs:
+            yield from _walk_merged(item.dirs, path + b"/")

@@ -1,0 +1,222 @@
+"""Entries to a layer tar stream, by the OCI recipe that containerd's WriteDiff follows.
+
+Each change becomes one tar entry:
+
+- a DELETE becomes a whiteout `dir/.wh.name`: an empty regular file with mode 0,
+  owner 0:0 and mtime 0, so the same change always gives the same bytes;
+- an OPAQUE directory becomes `dir/.wh..wh..opq` right after the directory;
+- anything else becomes a header from its metadata: numeric ids with empty user
+  and group names, mtime cut to whole seconds (then clamped to SOURCE_DATE_EPOCH),
+  no atime or ctime, xattrs as `SCHILY.xattr.*` records, and the file data.
+
+Before any entry, each parent directory not yet written is written, top-down, with
+its current metadata. Within a hardlink group the first name written carries the
+data and every later name is a hardlink entry to it; unchanged names of a group
+whose file changed are written too, right after the name that carries the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
+from ocilayer.errors import LayerError, OcilayerError
+from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
+from ocilayer.tarformat.encoder import END_OF_ARCHIVE, TarHeader, data_padding, encode_header
+
+log = logging.getLogger("ocilayer")
+
+_BUFFER_SIZE = 1 << 20
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeOptions:
+    """Choices of the OCI recipe.
+
+    `source_date_epoch` (Unix seconds) clamps later mtimes down to it.
+    `keep_nanoseconds` keeps sub-second mtimes (written as PAX `mtime` records)
+    instead of cutting them to whole seconds.
+    """
+
+    source_date_epoch: int | None = None
+    keep_nanoseconds: bool = False
+
+
+class LayerTarWriter:
+    """Write entries to `out` as an OCI layer tar stream.
+
+    `lookup(path)` returns the current entry of a directory of the layer; it is how
+    parent directories of a change are written. Call `close()` to write the two
+    end-of-archive blocks; a writer that is not closed leaves them out.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        lookup: Callable[[bytes], Entry],
+        options: RecipeOptions = RecipeOptions(),
+    ) -> None:
+        self._out = out
+        self._lookup = lookup
+        self._options = options
+        self._buffer = bytearray()
+        self._written_dirs: set[bytes] = set()
+        # Hardlink groups: the name that carries the data, and unchanged names seen
+        # before any name of their group was written.
+        self._link_sources: dict[Hashable, bytes] = {}
+        self._pending_links: dict[Hashable, list[Entry]] = {}
+        self.skipped_sockets: list[bytes] = []
+        self.entries_written = 0
+
+    def add(self, entry: Entry) -> None:
+        """Write the tar entries for one change."""
+        if entry.kind is ChangeKind.DELETE:
+            self._write_whiteout(parent_of(entry.path), WHITEOUT_PREFIX + _base(entry.path))
+            return
+        if entry.kind is ChangeKind.OPAQUE:
+            self._write_whiteout(entry.path, OPAQUE_MARKER)
+            return
+        if entry.type is FileType.SOCKET:
+            self.skipped_sockets.append(entry.path)
+            return
+
+        header = self._header(entry)
+        followers: list[Entry] = []
+        if entry.hardlinked:
+            key = entry.link_key
+            source = self._link_sources.get(key)
+            if source is not None:
+                header.typeflag = FileType.HARDLINK.value
+                header.linkname = source
+                header.size = 0
+            elif entry.kind is ChangeKind.UNMODIFIED:
+                self._pending_links.setdefault(key, []).append(entry)
+                return
+            else:
+                self._link_sources[key] = header.name.rstrip(b"/")
+                followers = self._pending_links.pop(key, [])
+        elif entry.kind is ChangeKind.UNMODIFIED:
+            return
+
+        self._include_parents(entry.path)
+        self._write_header(header, entry.is_dir)
+        if header.typeflag == FileType.REGULAR.value and header.size > 0:
+            self._copy_data(entry)
+        for follower in followers:
+            link = self._header(follower)
+            link.typeflag = FileType.HARDLINK.value
+            link.linkname = header.name
+            link.size = 0
+            self._include_parents(follower.path)
+            self._write_header(link, False)
+
+    def add_raw(self, header: TarHeader, data: bytes = b"") -> None:
+        """Write a prepared header and its data, with no recipe applied."""
+        self._write_header(header, header.typeflag == FileType.DIRECTORY.value)
+        if data:
+            self._emit(data + data_padding(len(data)))
+
+    def close(self) -> None:
+        """Write the end-of-archive blocks and flush."""
+        self._emit(END_OF_ARCHIVE)
+        self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._out.write(self._buffer)
+            self._buffer = bytearray()
+
+    def _header(self, entry: Entry) -> TarHeader:
+        mtime_ns = entry.mtime_ns
+        if not self._options.keep_nanoseconds:
+            mtime_ns -= mtime_ns % 1_000_000_000
+        epoch = self._options.source_date_epoch
+        if epoch is not None and mtime_ns > epoch * 1_000_000_000:
+            mtime_ns = epoch * 1_000_000_000
+        name = entry.path + b"/" if entry.is_dir else entry.path
+        return TarHeader(
+            name=name,
+            typeflag=entry.type.value,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            size=entry.size if entry.type is FileType.REGULAR else 0,
+            mtime_ns=mtime_ns,
+            linkname=entry.linkname,
+            devmajor=entry.devmajor,
+            devminor=entry.devminor,
+            pax_records={b"SCHILY.xattr." + k: v for k, v in entry.xattrs.items()},
+        )
+
+    def _write_whiteout(self, directory: bytes, name: bytes) -> None:
+        path = directory + b"/" + name if directory else name
+        self._include_parents(path)
+        self._write_header(TarHeader(name=path), False)
+
+    def _include_parents(self, path: bytes) -> None:
+        parent = parent_of(path)
+        if not parent or parent in self._written_dirs:
+            return
+        self._include_parents(parent)
+        # The lookup may fail for a parent that vanished after the walk; say which.
+        try:
+            entry = self._lookup(parent)
+        except OSError as error:
+            raise LayerError(f"cannot read parent directory {parent!r}: {error}") from error
+        self._written_dirs.add(parent)
+        self._write_header(self._header(entry), True)
+
+    def _write_header(self, header: TarHeader, is_dir: bool) -> None:
+        if is_dir:
+            self._written_dirs.add(header.name.rstrip(b"/"))
+        self._emit(encode_header(header))
+        self.entries_written += 1
+
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer += data
+        if len(self._buffer) >= _BUFFER_SIZE:
+            self.flush()
+
+    def _copy_data(self, entry: Entry) -> None:
+        remaining = entry.size
+        try:
+            with entry.open() as source:
+                while remaining > 0:
+                    chunk = source.read(min(remaining, _COPY_CHUNK))
+                    if not chunk:
+                        break
+                    self._emit(chunk)
+                    remaining -= len(chunk)
+                grown = remaining == 0 and source.read(1)
+        except OSError as error:
+            raise LayerError(f"cannot read {_show(entry)}: {error}") from error
+        if remaining or grown:
+            raise LayerError(
+                f"{_show(entry)} changed size while it was being read "
+                f"(expected {entry.size} bytes); export from a layer that is not in use"
+            )
+        self._emit(data_padding(entry.size))
+
+
+def _base(path: bytes) -> bytes:
+    return path[path.rfind(b"/") + 1 :]
+
+
+def _show(entry: Entry) -> str:
+    where = entry.source_path if entry.source_path is not None else entry.path
+    return repr(os.fsdecode(where))
+
+
+def socket_warning(paths: list[bytes]) -> str:
+    """Describe skipped sockets in one warning line."""
+    shown = ", ".join(os.fsdecode(path) for path in paths[:5])
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return f"skipped {len(paths)} socket(s), which a tar cannot hold: {shown}{more}"
+
+
+__all__ = ["LayerTarWriter", "OcilayerError", "RecipeOptions", "socket_warning"]

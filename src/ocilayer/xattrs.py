@@ -1,0 +1,85 @@
+"""Which extended attributes go into a layer, and reading them from disk."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+from collections.abc import Mapping
+
+from ocilayer.entry import EMPTY_XATTRS
+
+CAPABILITY = b"security.capability"
+
+
+class XattrPolicy(enum.Enum):
+    """Which xattrs an export carries as `SCHILY.xattr.*` records.
+
+    ALL carries every xattr except host-specific ones (see `is_host_specific`).
+    CAPABILITY carries only `security.capability`, as containerd and moby do.
+    NONE carries none.
+    """
+
+    ALL = "all"
+    CAPABILITY = "capability"
+    NONE = "none"
+
+
+def is_host_specific(name: bytes) -> bool:
+    """Whether an xattr describes the host rather than the file, so it never enters a layer.
+
+    SELinux labels and NFSv4 ACLs belong to the host's policy, and `overlay.*` in any
+    namespace is overlayfs bookkeeping (whiteouts, opaque, redirects, origins).
+    """
+    if name in (b"security.selinux", b"system.nfs4_acl"):
+        return True
+    namespace, _, rest = name.partition(b".")
+    return rest.startswith(b"overlay.") and namespace in (b"trusted", b"user")
+
+
+_IGNORED_ERRNOS = (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def read_capability(full: bytes) -> bytes:
+    """Return `security.capability` of a path (not following symlinks), or `b""`."""
+    try:
+        return os.getxattr(full, CAPABILITY, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in _IGNORED_ERRNOS:
+            return b""
+        raise
+
+
+def read_xattrs(full: bytes, policy: XattrPolicy) -> Mapping[bytes, bytes]:
+    """Read the xattrs of a path that `policy` keeps, without following symlinks.
+
+    Empty values are left out: a PAX record with an empty value means "unset" to
+    readers such as GNU tar, so it cannot carry them.
+    """
+    if policy is XattrPolicy.NONE:
+        return EMPTY_XATTRS
+    if policy is XattrPolicy.CAPABILITY:
+        value = read_capability(full)
+        return {CAPABILITY: value} if value else EMPTY_XATTRS
+    try:
+        names = os.listxattr(full, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in _IGNORED_ERRNOS:
+            return EMPTY_XATTRS
+        raise
+    if not names:
+        return EMPTY_XATTRS
+    found: dict[bytes, bytes] = {}
+    for text_name in names:
+        name = os.fsencode(text_name)
+        if is_host_specific(name):
+            continue
+        try:
+            value = os.getxattr(full, name, follow_symlinks=False)
+        except OSError as error:
+            if error.errno in _IGNORED_ERRNOS:
+                continue
+            raise
+        if value:
+            found[name] = value
+    return found
