@@ -56,7 +56,7 @@ def write_layer(
     compression: Compression = Compression.NONE,
     level: int | None = None,
     threads: int = 0,
-    options: RecipeOptions = RecipeOptions(),
+    options: RecipeOptions | None = None,
     cancel: threading.Event | None = None,
 ) -> Descriptor:
     """Write the layer tar of `reader` to `writer`, compressed, and return its descriptor.
@@ -67,7 +67,7 @@ def write_layer(
     blob = HashingWriter(writer)
     compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
     tar = HashingWriter(compressor)
-    tar_writer = LayerTarWriter(tar, reader.lookup, options)  # type: ignore[arg-type]
+    tar_writer = LayerTarWriter(tar, reader.lookup, options or RecipeOptions())  # type: ignore[arg-type]
     try:
         for entry in reader.changes():
             if cancel is not None and cancel.is_set():

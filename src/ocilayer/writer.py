@@ -59,11 +59,11 @@ class LayerTarWriter:
         self,
         out: BinaryIO,
         lookup: Callable[[bytes], Entry],
-        options: RecipeOptions = RecipeOptions(),
+        options: RecipeOptions | None = None,
     ) -> None:
         self._out = out
         self._lookup = lookup
-        self._options = options
+        self._options = options or RecipeOptions()
         self._buffer = bytearray()
         self._written_dirs: set[bytes] = set()
         # Hardlink groups: the name that carries the data, and unchanged names seen
