@@ -15,10 +15,11 @@ uses, so the same trees give the same changes in the same order:
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections.abc import Callable, Iterable, Iterator
 
-from ocilayer.entry import ChangeKind, Entry, FileType
+from ocilayer.entry import EMPTY_XATTRS, ChangeKind, Entry, FileType
 from ocilayer.errors import LayerError
 from ocilayer.sources.union import (
     WHITEOUT_PREFIX,
@@ -143,7 +144,7 @@ def entry_from_node(
         linkname=linkname,
         devmajor=devmajor,
         devminor=devminor,
-        xattrs=read_xattrs(node.full, policy) if file_type is not FileType.SOCKET else {},
+        xattrs=read_xattrs(node.full, policy) if file_type is not FileType.SOCKET else EMPTY_XATTRS,
         link_key=(st.st_dev, st.st_ino),
         nlink=st.st_nlink,
         source_path=node.full if file_type is FileType.REGULAR else None,
@@ -182,7 +183,7 @@ class SnapshotSource:
         self.root = _directory(path)
         self.parents = [_directory(parent) for parent in parent_layer_paths]
         self.xattrs = xattrs
-        self.include = tuple(top.strip(b"/") for top in include)
+        self.include = tuple(_relative(top) for top in include)
 
     def changes(self) -> Iterator[Entry]:
         """Yield the changes of the layer as entries, in walk order."""
@@ -204,6 +205,12 @@ class SnapshotSource:
         full = os.path.join(self.root, path)
         node = Node(path, os.lstat(full), full)
         return entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
+
+
+def _relative(path: bytes) -> bytes:
+    """Normalise a path inside the layer: no `./`, no leading or trailing `/`."""
+    cleaned = posixpath.normpath(b"/" + path).lstrip(b"/")
+    return cleaned
 
 
 def _directory(path: str | bytes | os.PathLike[str]) -> bytes:
