@@ -29,7 +29,10 @@ def mkdir(path: str, mode: int) -> Step:
 
 
 def mkfile(path: str, content: bytes, mode: int = 0o644) -> Step:
-    return lambda root: None if write(root / path, content, mode) else None
+    def step(root: Path) -> None:
+        write(root / path, content, mode)
+
+    return step
 
 
 def link(old: str, new: str) -> Step:
@@ -261,10 +264,10 @@ def test_ignore_sockets(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
 
 def test_whiteout_header_is_fixed() -> None:
     """A whiteout carries mode 0, owner 0:0 and mtime 0 whatever it deletes."""
+    import io
+
     from ocilayer.entry import ChangeKind, Entry
     from ocilayer.writer import LayerTarWriter
-
-    import io
 
     out = io.BytesIO()
     writer = LayerTarWriter(out, lambda path: pytest.fail(f"unexpected lookup {path!r}"))

@@ -218,7 +218,10 @@ def _directory(path: str | bytes | os.PathLike[str]) -> bytes:
     try:
         st = os.stat(full)
     except FileNotFoundError:
-        raise LayerError(f"layer directory {os.fsdecode(full)!r} does not exist") from None
+        raise LayerError(
+            f"layer directory {os.fsdecode(full)!r} does not exist; pass the directory "
+            "that holds the layer's files"
+        ) from None
     except OSError as error:
         raise LayerError(f"cannot read layer directory {os.fsdecode(full)!r}: {error}") from None
     if not stat.S_ISDIR(st.st_mode):

@@ -1,0 +1,178 @@
+"""The `ocilayer export` command: outputs, exit statuses and messages."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from layer_helpers import read_tar, write
+from ocilayer import Cancelled, __version__, export_layer_to_tar
+
+OCILAYER = [sys.executable, "-m", "ocilayer"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    full_env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    full_env.update(env or {})
+    return subprocess.run([*OCILAYER, *args], capture_output=True, env=full_env, check=False)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    write(root / "etc" / "hosts", b"127.0.0.1 localhost\n", mtime=1_800_000_000)
+    return root
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.decode().strip() == f"ocilayer {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("name", "magic", "media_type"),
+    [
+        ("layer.tar", b"etc/", "application/vnd.oci.image.layer.v1.tar"),
+        ("layer.tar.gz", b"\x1f\x8b", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("layer.tgz", b"\x1f\x8b", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("layer.tar.zst", b"\x28\xb5\x2f\xfd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ],
+)
+def test_codec_follows_output_name(
+    tree: Path, tmp_path: Path, name: str, magic: bytes, media_type: str
+) -> None:
+    output = tmp_path / name
+    result = run("export", str(tree), "-o", str(output), "--json")
+    assert result.returncode == 0, result.stderr
+    blob = output.read_bytes()
+    assert blob.startswith(magic)
+    descriptor = json.loads(result.stdout)
+    assert descriptor["mediaType"] == media_type
+    assert descriptor["digest"] == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert descriptor["size"] == len(blob)
+    assert sorted(os.listdir(tmp_path)) == sorted(["tree", name])
+
+
+def test_stdout_is_plain_tar(tree: Path) -> None:
+    result = run("export", str(tree))
+    assert result.returncode == 0
+    assert [item.name for item in read_tar(result.stdout)] == [b"etc/", b"etc/hosts"]
+
+
+def test_compression_option_overrides_name(tree: Path, tmp_path: Path) -> None:
+    output = tmp_path / "layer.tar"
+    result = run("export", str(tree), "-o", str(output), "--compression", "zstd")
+    assert result.returncode == 0
+    assert output.read_bytes().startswith(b"\x28\xb5\x2f\xfd")
+
+
+def test_source_date_epoch_from_environment(tree: Path) -> None:
+    result = run("export", str(tree), env={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert [item.mtime for item in read_tar(result.stdout)] == [1_700_000_000, 1_700_000_000]
+    flag = run("export", str(tree), "--source-date-epoch", "1700000000")
+    assert flag.stdout == result.stdout
+
+
+def test_missing_layer_fails_without_output(tmp_path: Path) -> None:
+    output = tmp_path / "out" / "layer.tar"
+    output.parent.mkdir()
+    result = run("export", str(tmp_path / "nope"), "-o", str(output))
+    assert result.returncode == 1
+    assert f"'{tmp_path / 'nope'}' does not exist" in result.stderr.decode()
+    assert os.listdir(output.parent) == []
+
+
+def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None:
+    output = tmp_path / "layer.tar"
+    output.write_bytes(b"previous")
+    write(tree / "d" / ".wh.bad", b"")
+    result = run("export", str(tree), "-o", str(output))
+    assert result.returncode == 1
+    assert ".wh.bad" in result.stderr.decode()
+    assert output.read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["layer.tar", "tree"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--level", "12", "-o", "{out}.tar.gz"], {}, "--level 12 is not valid for gzip: use 0-9"),
+        (["--json"], {}, "--json prints to stdout, so it needs -o FILE"),
+        ([], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday' is not"),
+        (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
+    ],
+)
+def test_usage_errors(
+    tree: Path, tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    filled = [arg.format(out=tmp_path / "layer") for arg in args]
+    result = run("export", str(tree), *filled, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+def test_interrupt_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    with open(root / "huge", "wb") as handle:
+        handle.truncate(64 << 30)
+    output = tmp_path / "layer.tar"
+    process = subprocess.Popen(
+        [*OCILAYER, "export", str(root), "-o", str(output)], stderr=subprocess.PIPE
+    )
+    time.sleep(1.0)
+    assert process.poll() is None, "the export finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert b"interrupted" in stderr
+    assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+class _CancelAfterFirstWrite(io.RawIOBase):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.data += data
+        self.event.set()
+        return len(data)
+
+
+def test_cancelled_export_writes_no_end_blocks(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    write(root / "a" / "big", os.urandom(3 << 20))
+    write(root / "b", b"after")
+    cancel = threading.Event()
+    sink = _CancelAfterFirstWrite(cancel)
+
+    with pytest.raises(Cancelled):
+        export_layer_to_tar(sink, root, cancel=cancel)  # type: ignore[arg-type]
+
+    assert b"after" not in sink.data
+    assert not sink.data.endswith(bytes(1024))
+
+
+def test_cancel_before_start_writes_nothing(tree: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    out = io.BytesIO()
+    with pytest.raises(Cancelled):
+        export_layer_to_tar(out, tree, cancel=cancel)
+    assert out.getvalue() == b""
