@@ -16,7 +16,8 @@ from typing import BinaryIO, Protocol
 from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
-from ocilayer.errors import Cancelled
+from ocilayer.errors import Cancelled, LayerError
+from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
 from ocilayer.xattrs import XattrPolicy
@@ -34,19 +35,47 @@ class LayerReader(Protocol):
     def lookup(self, path: bytes) -> Entry: ...
 
 
+SOURCES = ("snapshot", "overlay", "auto")
+
+
+def open_source(
+    path: PathArg,
+    parent_layer_paths: Iterable[PathArg] = (),
+    *,
+    source: str = "snapshot",
+    xattrs: XattrPolicy = XattrPolicy.ALL,
+    include: Iterable[bytes] = (),
+) -> SnapshotSource | OverlaySource:
+    """Open the layer reader for `path`.
+
+    `source` is "snapshot" (a full tree), "overlay" (an overlayfs upper directory)
+    or "auto", which picks overlay only when the directory holds overlay records
+    (whiteout devices or overlay xattrs), and snapshot otherwise.
+    """
+    if source not in SOURCES:
+        raise LayerError(f"unknown source kind {source!r}; use one of {', '.join(SOURCES)}")
+    if source == "auto":
+        source = "overlay" if looks_like_upper(path) else "snapshot"
+    if source == "overlay":
+        return OverlaySource(path, parent_layer_paths, xattrs=xattrs, include=include)
+    return SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include)
+
+
 def export_changes(
     path: PathArg,
     parent_layer_paths: Iterable[PathArg] = (),
     *,
+    source: str = "snapshot",
     xattrs: XattrPolicy = XattrPolicy.ALL,
     include: Iterable[bytes] = (),
 ) -> Iterator[Entry]:
-    """Yield the changes of a snapshot against its parents, without writing a tar.
+    """Yield the changes of a layer against its parents, without writing a tar.
 
     The entries come in the order the tar writer takes them. Parent directories are
     not added here; the tar writer adds them.
     """
-    return SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include).changes()
+    reader = open_source(path, parent_layer_paths, source=source, xattrs=xattrs, include=include)
+    return reader.changes()
 
 
 def write_layer(
@@ -105,11 +134,13 @@ def export_layer_to_tar(
     keep_nanoseconds: bool = False,
     xattrs: XattrPolicy = XattrPolicy.ALL,
     include: Iterable[bytes] = (),
+    source: str = "snapshot",
 ) -> Descriptor:
     """Export a layer directory as an OCI layer tar stream into `writer`.
 
-    `path` is a full snapshot of the layer and `parent_layer_paths` its parent
-    layers, lowest first; without parents every path is an addition. The stream is
+    `path` is a full snapshot of the layer (or, with `source="overlay"`, an overlayfs
+    upper directory) and `parent_layer_paths` its parent layers, lowest first;
+    without parents every path is an addition. The stream is
     compressed with `compression` at `level` using `threads` threads (0: one per
     CPU). `source_date_epoch` (Unix seconds) clamps later mtimes; the environment
     variable SOURCE_DATE_EPOCH is read by the CLI, not here. Returns the OCI
@@ -117,7 +148,7 @@ def export_layer_to_tar(
 
     Raises LayerError for an unreadable layer, Cancelled when `cancel` is set.
     """
-    reader = SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include)
+    reader = open_source(path, parent_layer_paths, source=source, xattrs=xattrs, include=include)
     options = RecipeOptions(source_date_epoch=source_date_epoch, keep_nanoseconds=keep_nanoseconds)
     return write_layer(
         reader,

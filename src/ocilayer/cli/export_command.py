@@ -37,6 +37,14 @@ def add_parser(subparsers: Any) -> None:
         help="a parent layer directory; repeat for each parent, lowest first",
     )
     parser.add_argument(
+        "--source",
+        choices=["snapshot", "overlay", "auto"],
+        default="snapshot",
+        help="what LAYER is: snapshot (default; a full tree, diffed against the parents), "
+        "overlay (an overlayfs upper directory over the parents) or auto (overlay when "
+        "LAYER holds whiteout devices or overlay xattrs, else snapshot)",
+    )
+    parser.add_argument(
         "-o",
         "--output",
         default=STDOUT,
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             keep_nanoseconds=args.keep_nanoseconds,
             xattrs=XattrPolicy(args.xattrs),
             include=include,
+            source=args.source,
         )
     if args.json:
         print(json.dumps(descriptor.to_json(), indent=2))

@@ -1,0 +1,280 @@
+"""Overlay source: an overlayfs upper directory over its lower layers.
+
+The upper directory (docker's overlay2 `diff/`, containerd's overlayfs `fs/`) holds
+every path the container created or copied up, plus overlay's own records:
+
+- a deleted path is a 0/0 character device, or a zero-size file carrying an
+  `overlay.whiteout` xattr (trusted. or user. namespace);
+- a directory that hides its lower contents carries `overlay.opaque=y` (`x` only
+  marks a directory that may hold xattr whiteouts, and is not opaque);
+- a renamed directory carries `overlay.redirect` with its old path, and a file
+  copied up for a metadata change only carries `overlay.metacopy` and no data.
+
+Each upper path is compared with the merged lower layers by the snapshot source's
+rules, so the changes equal those of a snapshot export of the mounted view. Two
+differences remain where the upper directory cannot tell more: an opaque directory
+becomes one `.wh..wh..opq` marker instead of a whiteout for each lower child, and a
+name added to a lower hardlink group is a copy-up, so the old names are not in it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from collections.abc import Iterable, Iterator
+
+from ocilayer.entry import ChangeKind, Entry
+from ocilayer.errors import LayerError
+from ocilayer.sources.snapshot import (
+    _check_name,
+    _directory,
+    _inside,
+    _relative,
+    diff_walks,
+    entry_from_node,
+    same_file,
+)
+from ocilayer.sources.union import (
+    OPAQUE_MARKER,
+    OVERLAY_XATTR_NAMESPACES,
+    WHITEOUT_META_PREFIX,
+    WHITEOUT_PREFIX,
+    Node,
+    _scan,
+    _walk_merged,
+    get_xattr,
+    is_overlay_opaque,
+    is_overlay_whiteout,
+)
+from ocilayer.xattrs import XattrPolicy
+
+
+def _overlay_xattr(full: bytes, name: bytes) -> bytes | None:
+    for namespace in OVERLAY_XATTR_NAMESPACES:
+        value = get_xattr(full, namespace + b"overlay." + name)
+        if value is not None:
+            return value
+    return None
+
+
+class OverlaySource:
+    """Layer reader over an overlayfs upper directory and its lower layers (lowest first)."""
+
+    def __init__(
+        self,
+        upper: str | bytes | os.PathLike[str],
+        parent_layer_paths: Iterable[str | bytes | os.PathLike[str]] = (),
+        *,
+        xattrs: XattrPolicy = XattrPolicy.ALL,
+        include: Iterable[bytes] = (),
+    ) -> None:
+        self.root = _directory(upper)
+        # Top-most first, the order in which overlayfs looks names up.
+        self.lowers = [_directory(parent) for parent in parent_layer_paths][::-1]
+        self.xattrs = xattrs
+        self.include = tuple(_relative(top) for top in include)
+        self._lower_dirs = functools.lru_cache(maxsize=4096)(self._find_lower_dirs)
+
+    def changes(self) -> Iterator[Entry]:
+        """Yield the changes of the upper directory as entries, in walk order."""
+        for entry in self._walk(self.root, b"", below_opaque=False):
+            if not self.include or _inside(entry.path, self.include):
+                yield entry
+
+    def lookup(self, path: bytes) -> Entry:
+        """Return the merged state of a directory, as a MODIFY entry."""
+        full = os.path.join(self.root, path)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            node = self.lower_node(path)
+            if node is None:
+                raise
+            return entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
+        return entry_from_node(Node(path, st, full), ChangeKind.MODIFY, self.xattrs)
+
+    def lower_node(self, path: bytes) -> Node | None:
+        """Look a path up in the merged lower layers, as overlayfs would."""
+        parent, _, name = path.rpartition(b"/")
+        for directory in self._lower_dirs(parent):
+            full = os.path.join(directory, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                if os.path.lexists(os.path.join(directory, WHITEOUT_PREFIX + name)):
+                    return None
+                continue
+            if is_overlay_whiteout(st, full):
+                return None
+            return Node(path, st, full)
+        return None
+
+    def _find_lower_dirs(self, path: bytes) -> tuple[bytes, ...]:
+        """The directories that make up `path` in the lower view, top-most first."""
+        if not path:
+            dirs = self.lowers
+        else:
+            parent, _, name = path.rpartition(b"/")
+            dirs = []
+            for directory in self._lower_dirs(parent):
+                full = os.path.join(directory, name)
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    if os.path.lexists(os.path.join(directory, WHITEOUT_PREFIX + name)):
+                        break
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                dirs.append(full)
+        kept: list[bytes] = []
+        for directory in dirs:
+            kept.append(directory)
+            if is_overlay_opaque(directory) or os.path.lexists(
+                os.path.join(directory, OPAQUE_MARKER)
+            ):
+                break
+        return tuple(kept)
+
+    def _walk(self, directory: bytes, prefix: bytes, below_opaque: bool) -> Iterator[Entry]:
+        for name, st, full in sorted(_scan(directory)):
+            node = Node(prefix + name, st, full)
+            if is_overlay_whiteout(st, full):
+                if not below_opaque and self.lower_node(node.path) is not None:
+                    yield Entry(path=node.path, kind=ChangeKind.DELETE)
+                continue
+            if name.startswith(WHITEOUT_META_PREFIX) and not prefix:
+                continue
+            _check_name(node)
+            lower = None if below_opaque else self.lower_node(node.path)
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._directory_changes(node, lower, below_opaque)
+            else:
+                yield from self._file_change(node, lower)
+
+    def _directory_changes(
+        self, node: Node, lower: Node | None, below_opaque: bool
+    ) -> Iterator[Entry]:
+        redirect = _overlay_xattr(node.full, b"redirect")
+        if redirect is not None:
+            yield from self._redirected(node, lower, redirect)
+            return
+        if lower is None:
+            yield entry_from_node(node, ChangeKind.ADD, self.xattrs)
+        elif not same_file(lower, node):
+            yield entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
+        opaque = is_overlay_opaque(node.full)
+        lower_is_dir = lower is not None and stat.S_ISDIR(lower.st.st_mode)
+        if opaque and lower_is_dir:
+            yield Entry(path=node.path, kind=ChangeKind.OPAQUE)
+        hides_lower = below_opaque or opaque or not lower_is_dir
+        yield from self._walk(node.full, node.path + b"/", hides_lower)
+
+    def _file_change(self, node: Node, lower: Node | None) -> Iterator[Entry]:
+        data_node = node
+        if _overlay_xattr(node.full, b"metacopy") is not None:
+            data_node = self._metacopy_data(node)
+        if lower is None:
+            kind = ChangeKind.ADD
+        elif same_file(lower, data_node):
+            if node.st.st_nlink <= 1:
+                return
+            kind = ChangeKind.UNMODIFIED
+        else:
+            kind = ChangeKind.MODIFY
+        entry = entry_from_node(node, kind, self.xattrs)
+        if data_node is not node:
+            entry = _with_source(entry, data_node.full)
+        yield entry
+
+    def _metacopy_data(self, node: Node) -> Node:
+        """Find the lower file that holds the data of a metadata-only copy-up."""
+        redirect = _overlay_xattr(node.full, b"redirect")
+        if redirect is None:
+            origin_path = node.path
+        elif redirect.startswith(b"/"):
+            origin_path = redirect.strip(b"/")
+        else:
+            parent = node.path.rpartition(b"/")[0]
+            origin_path = parent + b"/" + redirect if parent else redirect
+        origin = self.lower_node(origin_path)
+        if origin is None or not stat.S_ISREG(origin.st.st_mode):
+            raise LayerError(
+                f"{os.fsdecode(node.full)!r} is a metadata-only copy-up whose data file "
+                f"{os.fsdecode(origin_path)!r} is not in the given parents; pass every lower "
+                "layer with --parent, lowest first"
+            )
+        if origin.st.st_size != node.st.st_size:
+            raise LayerError(
+                f"{os.fsdecode(node.full)!r} is a metadata-only copy-up of "
+                f"{os.fsdecode(origin.full)!r}, but their sizes differ; the parents given "
+                "are not the layers this upper directory was made on"
+            )
+        return Node(node.path, node.st, origin.full)
+
+    def _redirected(self, node: Node, lower: Node | None, redirect: bytes) -> Iterator[Entry]:
+        """Diff a renamed directory: its merged contents against the lower view at its path.
+
+        The merged contents are the upper directory over the lower directories of its
+        old path (the redirect). Nested redirects and metacopy files inside are not
+        followed and raise an error that names them.
+        """
+        if redirect.startswith(b"/"):
+            origin = redirect.strip(b"/")
+        else:
+            parent = node.path.rpartition(b"/")[0]
+            origin = parent + b"/" + redirect if parent else redirect
+        origin_node = self.lower_node(origin)
+        sources = [node.full]
+        if origin_node is not None and stat.S_ISDIR(origin_node.st.st_mode):
+            sources += list(self._lower_dirs(origin))
+        if lower is None:
+            yield entry_from_node(node, ChangeKind.ADD, self.xattrs)
+        elif not same_file(lower, node):
+            yield entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
+        below: list[bytes] = []
+        if lower is not None and stat.S_ISDIR(lower.st.st_mode):
+            below = list(self._lower_dirs(node.path))
+        prefix = node.path + b"/"
+        merged = (self._check_plain(n) for n in _walk_merged(sources, prefix))
+        for kind, changed in diff_walks(_walk_merged(below, prefix), merged):
+            if kind is ChangeKind.DELETE:
+                yield Entry(path=changed.path, kind=kind)
+            else:
+                yield entry_from_node(changed, kind, self.xattrs)
+
+    def _check_plain(self, node: Node) -> Node:
+        for name in (b"redirect", b"metacopy"):
+            if _overlay_xattr(node.full, name) is not None:
+                raise LayerError(
+                    f"{os.fsdecode(node.full)!r} carries overlay.{name.decode()} inside a "
+                    "renamed directory, which ocilayer cannot follow; export the mounted "
+                    "view with --source snapshot instead"
+                )
+        return _check_name(node)
+
+
+def _with_source(entry: Entry, source: bytes) -> Entry:
+    from dataclasses import replace
+
+    return replace(entry, source_path=source)
+
+
+def looks_like_upper(path: str | bytes | os.PathLike[str]) -> bool:
+    """Whether a directory holds overlayfs records (whiteout devices or overlay xattrs).
+
+    Used by `--source auto`: only positive evidence counts, because an upper
+    directory without deletions or copy-ups looks exactly like a plain tree.
+    """
+    root = _directory(path)
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            full = os.path.join(directory, name)
+            st = os.lstat(full)
+            if is_overlay_whiteout(st, full):
+                return True
+            for key in (b"opaque", b"redirect", b"metacopy", b"origin"):
+                if _overlay_xattr(full, key) is not None:
+                    return True
+    return False
