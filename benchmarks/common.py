@@ -1,0 +1,112 @@
+"""Paths and helpers shared by the benchmark scripts.
+
+Every input and output lives under one work directory (`bench-work/` in the repository
+root by default, git-ignored), so a rerun finds the trees it built before.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WORK_DIR = REPO / "bench-work"
+WRITEDIFF_SOURCE = REPO / "tests" / "go" / "writediff"
+# Debian's containerd sources (golang-github-containerd-containerd-dev) live in this GOPATH.
+DEBIAN_GOPATH = "/usr/share/gocode"
+
+
+def ocilayer_bin() -> str:
+    """Return the `ocilayer` console script of the running interpreter's environment."""
+    candidate = Path(sys.executable).parent / "ocilayer"
+    if candidate.exists():
+        return str(candidate)
+    raise SystemExit(
+        f"ocilayer is not installed next to {sys.executable}; run benchmarks/setup first"
+    )
+
+
+def run(command: Sequence[str | os.PathLike[str]], **kwargs: object) -> None:
+    """Run a command, echoing it to stderr. Raise CalledProcessError when it fails."""
+    print("+", shlex.join(str(part) for part in command), file=sys.stderr, flush=True)
+    subprocess.run([str(part) for part in command], check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def timed(command: Sequence[str | os.PathLike[str]], stdout: Path | None = None) -> float:
+    """Run a command once, its output into `stdout` when given, and return its wall seconds."""
+    args = [str(part) for part in command]
+    start = time.perf_counter()
+    if stdout is None:
+        subprocess.run(args, check=True)
+    else:
+        with open(stdout, "wb") as out:
+            subprocess.run(args, check=True, stdout=out)
+    return time.perf_counter() - start
+
+
+def apt_mirror() -> str:
+    """Return the Debian mirror that apt on this machine uses for bookworm.
+
+    Reads the deb822 `*.sources` files first, then the one-line `sources.list` files.
+    """
+    sources = Path("/etc/apt/sources.list.d")
+    for path in sorted(sources.glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                line.split(":", 1)
+                for line in stanza.splitlines()
+                if re.match(r"^[A-Za-z-]+:", line)
+            )
+            suites = fields.get("Suites", "").split()
+            enabled = fields.get("Enabled", "yes").strip() != "no"
+            if enabled and "bookworm" in suites and "deb" in fields.get("Types", "").split():
+                return fields["URIs"].split()[0]
+    for path in [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list"))]:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            match = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", line + " ")
+            if match:
+                return match.group(1)
+    raise SystemExit("no bookworm mirror found in /etc/apt/sources.list{,.d}; pass --mirror URL")
+
+
+def build_writediff(work_dir: Path) -> Path | None:
+    """Build the containerd WriteDiff helper of the tests into `work_dir/bin`.
+
+    Returns None, with a message on stderr, when its source or Go is missing, so that
+    callers can leave containerd out instead of failing.
+    """
+    main = WRITEDIFF_SOURCE / "main.go"
+    if not main.exists():
+        print(f"containerd helper {main} is missing: containerd rows skipped", file=sys.stderr)
+        return None
+    binary = work_dir / "bin" / "writediff"
+    if binary.exists() and binary.stat().st_mtime >= main.stat().st_mtime:
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GO111MODULE="off", GOPATH=DEBIAN_GOPATH, GOFLAGS="")
+    try:
+        run(["go", "build", "-o", binary, "."], cwd=WRITEDIFF_SOURCE, env=env)
+    except (OSError, subprocess.CalledProcessError) as error:
+        print(
+            f"building {WRITEDIFF_SOURCE} failed ({error}): containerd rows skipped",
+            file=sys.stderr,
+        )
+        return None
+    return binary
+
+
+def human_bytes(count: float) -> str:
+    """Format a byte count with a binary unit, e.g. `1.5 GiB`."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
