@@ -1,0 +1,531 @@
+"""Streaming tar reader: a layer tar stream in, entries out.
+
+The reader parses headers itself instead of using `tarfile`, so that names stay raw
+bytes, times keep their nanoseconds, an error can give the stream offset, and memory
+stays flat however many entries the layer has. It reads the formats that layer
+producers write:
+
+- USTAR, with the prefix field, and old V7 headers.
+- PAX extended headers. Their `path`, `linkpath`, `size`, `uid`, `gid`, `mtime`,
+  `atime` and `ctime` records win over the header fields, whatever those hold.
+  `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*` records become xattrs. PAX global
+  headers are skipped, as containerd and moby skip them.
+- GNU long names and long link names, and base-256 numeric fields.
+
+Where the formats leave a choice, the reader follows Go's `archive/tar`, which
+containerd and docker read layers with: hardlinks, symlinks, devices, FIFOs and
+directories have no data whatever their size field says, and one zero block ends
+the archive. Unlike Go, a stream that stops at a header boundary without the zero
+blocks is an error, because a truncated download would otherwise apply as a
+shorter layer; a stream of zero bytes is the empty layer.
+
+Entry paths follow the entry record's rules (see `ocilayer.entry`): a leading `/`
+and `.` components are dropped, so `/etc/passwd` and `./etc/passwd` both name
+`etc/passwd` under the layer root. A `..` component removes the one before it, and a
+name whose `..` would climb above the root raises UnsafePathError. Hardlink targets
+are cleaned the same way; symlink targets are kept verbatim.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from ocilayer.entry import ChangeKind, Entry, FileType
+from ocilayer.errors import TarFormatError, UnsafePathError
+
+BLOCK_SIZE = 512
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+
+# Go's reader caps PAX headers and GNU long names at 1 MiB; a bigger one is an attack
+# on memory rather than a real name.
+MAX_SPECIAL_SIZE = 1 << 20
+
+_ZERO_BLOCK = bytes(BLOCK_SIZE)
+_COPY_CHUNK = 1 << 20
+_PAX_TIME = re.compile(rb"^(-?)(\d+)(?:\.(\d*))?$")
+
+_TYPES = {
+    b"0": FileType.REGULAR,
+    b"\x00": FileType.REGULAR,
+    # Contiguous files are regular files on every system but a few old Unixes.
+    b"7": FileType.REGULAR,
+    b"1": FileType.HARDLINK,
+    b"2": FileType.SYMLINK,
+    b"3": FileType.CHAR,
+    b"4": FileType.BLOCK,
+    b"5": FileType.DIRECTORY,
+    b"6": FileType.FIFO,
+    # A GNU incremental dump directory: a directory whose data lists its names.
+    b"D": FileType.DIRECTORY,
+}
+_PAX_HEADER = b"x"
+_PAX_GLOBAL = b"g"
+_GNU_LONG_NAME = b"L"
+_GNU_LONG_LINK = b"K"
+_GNU_VOLUME = b"V"
+_GNU_SPARSE = b"S"
+
+
+class Readable(Protocol):
+    """A stream the reader can read from: a file, a decompressor, a hashing reader."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def clean_entry_path(raw: bytes) -> bytes:
+    """Clean a tar name into an entry path relative to the layer root.
+
+    Raises UnsafePathError when a `..` component would climb above the root.
+    """
+    parts: list[bytes] = []
+    for component in raw.split(b"/"):
+        if component in (b"", b"."):
+            continue
+        if component == b"..":
+            if not parts:
+                raise UnsafePathError(f"entry {raw!r}: '..' climbs above the layer root")
+            parts.pop()
+            continue
+        parts.append(component)
+    return b"/".join(parts)
+
+
+@dataclass(slots=True)
+class _Header:
+    """The fields of one entry after PAX records and GNU long names are applied."""
+
+    offset: int
+    name: bytes
+    typeflag: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class TarReader:
+    """Iterate over the entries of a tar stream, reading the stream once, in order.
+
+    The content of a regular file is available through `entry.open()` until the next
+    entry is requested; it can be read once. `offset` is the number of bytes consumed
+    from the stream, and `entry_name` and `entry_offset` describe the current entry
+    for error messages. After the end-of-archive marker the reader stops reading, so
+    the caller can drain and hash any bytes that follow.
+    """
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self.offset = 0
+        self.entry_name = b""
+        self.entry_offset = 0
+        self._content: _EntryContent | None = None
+        # Data and padding bytes of the current entry that the caller has not read.
+        self._pending_skip = 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        while True:
+            self._finish_entry()
+            header = self._next_header()
+            if header is None:
+                return
+            entry = self._to_entry(header)
+            if entry is not None:
+                yield entry
+
+    # Reading raw bytes
+
+    def _read_exact(self, count: int, what: str) -> bytes:
+        data = self._read_up_to(count)
+        if len(data) < count:
+            raise TarFormatError(
+                f"tar stream is truncated at offset {self.offset}: expected {count - len(data)} "
+                f"more bytes of {what}"
+            )
+        return data
+
+    def _read_up_to(self, count: int) -> bytes:
+        chunks = []
+        remaining = count
+        while remaining:
+            chunk = self._stream.read(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+            self.offset += len(chunk)
+        return b"".join(chunks)
+
+    def _skip(self, count: int, what: str) -> None:
+        while count:
+            chunk = self._stream.read(min(count, _COPY_CHUNK))
+            if not chunk:
+                raise TarFormatError(
+                    f"tar stream is truncated at offset {self.offset}: expected {count} "
+                    f"more bytes of {what}"
+                )
+            count -= len(chunk)
+            self.offset += len(chunk)
+
+    def _finish_entry(self) -> None:
+        """Skip what is left of the current entry's data and padding."""
+        if self._content is not None:
+            self._pending_skip += self._content.close_and_count()
+            self._content = None
+        if self._pending_skip:
+            count, self._pending_skip = self._pending_skip, 0
+            self._skip(count, f"entry {self.entry_name!r}")
+
+    # Headers
+
+    def _next_header(self) -> _Header | None:
+        """Read the next entry header with its extended headers, or None at the end."""
+        pax: dict[bytes, bytes] = {}
+        long_name: bytes | None = None
+        long_link: bytes | None = None
+        extended = False
+        while True:
+            start = self.offset
+            block = self._read_up_to(BLOCK_SIZE)
+            if not block:
+                if start == 0:
+                    return None
+                what = "an extended header" if extended else "the last entry"
+                raise TarFormatError(
+                    f"tar stream ends at offset {start} after {what}, "
+                    "without the end-of-archive marker"
+                )
+            if len(block) < BLOCK_SIZE:
+                raise TarFormatError(f"tar stream is truncated inside the header at offset {start}")
+            if block == _ZERO_BLOCK:
+                if extended:
+                    raise TarFormatError(
+                        f"end-of-archive marker at offset {start} follows an extended header"
+                    )
+                self._check_end(start)
+                return None
+
+            header = _parse_block(block, start)
+            typeflag = header.typeflag
+            if typeflag in (_PAX_HEADER, _PAX_GLOBAL, _GNU_LONG_NAME, _GNU_LONG_LINK):
+                data = self._read_special(header)
+                extended = True
+                if typeflag == _PAX_HEADER:
+                    pax.update(_parse_pax(data, start))
+                elif typeflag == _GNU_LONG_NAME:
+                    long_name = _cstring(data)
+                elif typeflag == _GNU_LONG_LINK:
+                    long_link = _cstring(data)
+                continue
+            if long_name is not None:
+                header.name = long_name
+            if long_link is not None:
+                header.linkname = long_link
+            _apply_pax(header, pax)
+            return header
+
+    def _check_end(self, start: int) -> None:
+        """Read the block after a first zero block: a second zero block, or nothing."""
+        block = self._read_up_to(BLOCK_SIZE)
+        if block and block != _ZERO_BLOCK:
+            raise TarFormatError(
+                f"tar stream has data at offset {start + BLOCK_SIZE} after a zero block"
+            )
+
+    def _read_special(self, header: _Header) -> bytes:
+        if header.size > MAX_SPECIAL_SIZE:
+            raise TarFormatError(
+                f"extended header at offset {header.offset} is {header.size} bytes, "
+                f"more than the maximum of {MAX_SPECIAL_SIZE}"
+            )
+        data = self._read_exact(header.size, f"the extended header at offset {header.offset}")
+        self._skip(-header.size % BLOCK_SIZE, "padding")
+        return data
+
+    def _to_entry(self, header: _Header) -> Entry | None:
+        self.entry_name = header.name
+        self.entry_offset = header.offset
+        typeflag = header.typeflag
+        if typeflag == _GNU_VOLUME:
+            self._pending_skip = _padded(header.size)
+            return None
+        if typeflag == _GNU_SPARSE:
+            # TODO: expand GNU sparse entries; layers SHOULD NOT contain them (image-spec).
+            raise TarFormatError(
+                f"entry {header.name!r} at offset {header.offset} is a GNU sparse file, "
+                "which is not supported"
+            )
+        file_type = _TYPES.get(typeflag)
+        if file_type is None:
+            raise TarFormatError(
+                f"entry {header.name!r} at offset {header.offset} has the unsupported "
+                f"type {typeflag!r}"
+            )
+        if typeflag == b"\x00" and header.name.endswith(b"/"):
+            file_type = FileType.DIRECTORY
+
+        if file_type is FileType.REGULAR or typeflag == b"D":
+            self._pending_skip = _padded(header.size)
+        size = header.size if file_type is FileType.REGULAR else 0
+
+        try:
+            path = clean_entry_path(header.name)
+            linkname = header.linkname
+            if file_type is FileType.HARDLINK:
+                linkname = clean_entry_path(header.linkname)
+        except UnsafePathError as error:
+            raise UnsafePathError(f"{error} (offset {header.offset})") from None
+
+        kind = ChangeKind.ADD
+        base = path[path.rfind(b"/") + 1 :]
+        if base.startswith(WHITEOUT_PREFIX):
+            kind, path = _whiteout_target(path, base, header)
+
+        opener = None
+        if file_type is FileType.REGULAR and kind is ChangeKind.ADD:
+            content = _EntryContent(self, header.size, header.name)
+            self._content = content
+            self._pending_skip = -header.size % BLOCK_SIZE
+            opener = content.claim
+        return Entry(
+            path=path,
+            kind=kind,
+            type=file_type,
+            mode=header.mode & 0o7777,
+            uid=header.uid,
+            gid=header.gid,
+            mtime_ns=header.mtime_ns,
+            atime_ns=header.atime_ns,
+            ctime_ns=header.ctime_ns,
+            size=size,
+            linkname=linkname,
+            devmajor=header.devmajor,
+            devminor=header.devminor,
+            xattrs=header.xattrs,
+            opener=opener,
+        )
+
+
+def _whiteout_target(path: bytes, base: bytes, header: _Header) -> tuple[ChangeKind, bytes]:
+    """Return the change a whiteout name stands for and the path it applies to."""
+    parent = path[: len(path) - len(base)].rstrip(b"/")
+    if base == OPAQUE_MARKER:
+        return ChangeKind.OPAQUE, parent
+    target = base[len(WHITEOUT_PREFIX) :]
+    if target in (b"", b".", b".."):
+        raise UnsafePathError(
+            f"entry {header.name!r} at offset {header.offset}: invalid whiteout name "
+            f"{base!r}, a whiteout must name a file in its own directory"
+        )
+    return ChangeKind.DELETE, parent + b"/" + target if parent else target
+
+
+class _EntryContent(io.RawIOBase):
+    """The data of the current regular file, read straight from the tar stream."""
+
+    def __init__(self, reader: TarReader, size: int, name: bytes) -> None:
+        self._reader = reader
+        self._remaining = size
+        self._name = name
+        self._claimed = False
+        self._valid = True
+
+    def claim(self) -> BinaryIO:
+        if self._claimed or not self._valid:
+            raise ValueError(
+                f"the content of tar entry {self._name!r} can be opened once, "
+                "before the next entry is read"
+            )
+        self._claimed = True
+        return self  # type: ignore[return-value]
+
+    def close_and_count(self) -> int:
+        """Invalidate the content and return how many of its bytes were not read."""
+        self._valid = False
+        remaining, self._remaining = self._remaining, 0
+        return remaining
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self._valid:
+            raise ValueError(f"the content of tar entry {self._name!r} is no longer available")
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), self._remaining)
+        if count == 0:
+            return 0
+        data = self._reader._stream.read(count)
+        if not data:
+            raise TarFormatError(
+                f"tar stream is truncated at offset {self._reader.offset}: entry "
+                f"{self._name!r} is missing {self._remaining} bytes of data"
+            )
+        view[: len(data)] = data
+        self._remaining -= len(data)
+        self._reader.offset += len(data)
+        return len(data)
+
+
+def _padded(size: int) -> int:
+    return size + -size % BLOCK_SIZE
+
+
+def _cstring(data: bytes) -> bytes:
+    end = data.find(b"\x00")
+    return data if end < 0 else data[:end]
+
+
+def _parse_number(field: bytes, what: str, offset: int) -> int:
+    """Parse an octal or base-256 numeric header field."""
+    if field and field[0] & 0x80:
+        if field[0] == 0xFF:
+            return int.from_bytes(field, "big", signed=True)
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.replace(b"\x00", b" ").strip()
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(
+            f"header at offset {offset} has an invalid {what} field {field!r}"
+        ) from None
+
+
+def _parse_block(block: bytes, offset: int) -> _Header:
+    stored = _parse_number(block[148:156], "checksum", offset)
+    summed = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(summed)
+    # Some old writers summed the bytes as signed chars; readers accept both sums.
+    if stored != unsigned and stored != unsigned - 256 * sum(1 for b in summed if b > 0x7F):
+        raise TarFormatError(
+            f"invalid tar header at offset {offset}: checksum {stored:o} does not match "
+            f"the header bytes ({unsigned:o}); the stream is corrupt or not a tar"
+        )
+    name = _cstring(block[0:100])
+    magic = block[257:263]
+    if magic == b"ustar\x00":
+        prefix = _cstring(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    size = _parse_number(block[124:136], "size", offset)
+    if size < 0:
+        raise TarFormatError(f"header at offset {offset} has a negative size {size}")
+    has_devices = magic in (b"ustar\x00", b"ustar ")
+    return _Header(
+        offset=offset,
+        name=name,
+        typeflag=block[156:157],
+        mode=_parse_number(block[100:108], "mode", offset),
+        uid=_parse_number(block[108:116], "uid", offset),
+        gid=_parse_number(block[116:124], "gid", offset),
+        size=size,
+        mtime_ns=_parse_number(block[136:148], "mtime", offset) * 1_000_000_000,
+        linkname=_cstring(block[157:257]),
+        devmajor=_parse_number(block[329:337], "devmajor", offset) if has_devices else 0,
+        devminor=_parse_number(block[337:345], "devminor", offset) if has_devices else 0,
+    )
+
+
+def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
+    """Parse `"<length> <key>=<value>\\n"` records; later records win."""
+    records: dict[bytes, bytes] = {}
+    position = 0
+    while position < len(data):
+        if data[position:].strip(b"\x00") == b"":
+            break
+        space = data.find(b" ", position)
+        length_text = data[position:space] if space > position else b""
+        if not length_text.isdigit():
+            raise TarFormatError(f"PAX header at offset {offset} has an invalid record length")
+        end = position + int(length_text)
+        record = data[space + 1 : end]
+        if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            raise TarFormatError(f"PAX header at offset {offset} has a malformed record")
+        key, _, value = record[:-1].partition(b"=")
+        records[key] = value
+        position = end
+    return records
+
+
+def _parse_pax_int(value: bytes, key: bytes, offset: int) -> int:
+    if not value.isdigit():
+        raise TarFormatError(f"PAX header at offset {offset} has an invalid {key.decode()} record")
+    return int(value)
+
+
+def _parse_pax_time(value: bytes, key: bytes, offset: int) -> int:
+    """Parse a PAX time (`-12.5`, `1700000000.123456789`) into nanoseconds exactly."""
+    match = _PAX_TIME.match(value)
+    if match is None:
+        raise TarFormatError(f"PAX header at offset {offset} has an invalid {key.decode()} record")
+    sign, seconds, fraction = match.groups()
+    nanoseconds = int(seconds) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
+    return -nanoseconds if sign else nanoseconds
+
+
+def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
+    offset = header.offset
+    libarchive_xattrs: dict[bytes, bytes] = {}
+    for key, value in records.items():
+        if key == b"path":
+            header.name = value
+        elif key == b"linkpath":
+            header.linkname = value
+        elif key == b"size":
+            header.size = _parse_pax_int(value, key, offset)
+        elif key == b"uid":
+            header.uid = _parse_pax_int(value, key, offset)
+        elif key == b"gid":
+            header.gid = _parse_pax_int(value, key, offset)
+        elif key == b"mtime":
+            header.mtime_ns = _parse_pax_time(value, key, offset)
+        elif key == b"atime":
+            header.atime_ns = _parse_pax_time(value, key, offset)
+        elif key == b"ctime":
+            header.ctime_ns = _parse_pax_time(value, key, offset)
+        elif key.startswith(b"SCHILY.xattr."):
+            header.xattrs[key[len(b"SCHILY.xattr.") :]] = value
+        elif key.startswith(b"LIBARCHIVE.xattr."):
+            # bsdtar writes each xattr twice: SCHILY with the raw value, and this one
+            # with a URL-encoded name and a base64 value. SCHILY wins when both exist.
+            name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr.") :])
+            try:
+                libarchive_xattrs[name] = base64.b64decode(value, validate=True)
+            except ValueError:
+                raise TarFormatError(
+                    f"PAX header at offset {offset} has an invalid {key!r} record"
+                ) from None
+        elif key == b"SCHILY.devmajor":
+            header.devmajor = _parse_pax_int(value, key, offset)
+        elif key == b"SCHILY.devminor":
+            header.devminor = _parse_pax_int(value, key, offset)
+        elif key.startswith(b"GNU.sparse."):
+            raise TarFormatError(
+                f"entry {header.name!r} at offset {offset} is a GNU sparse file, "
+                "which is not supported"
+            )
+    for name, value in libarchive_xattrs.items():
+        header.xattrs.setdefault(name, value)
+    for label, text in ((b"path", header.name), (b"linkpath", header.linkname)):
+        if b"\x00" in text:
+            raise TarFormatError(f"PAX {label.decode()} record at offset {offset} contains NUL")
+
+
+def read_entries(stream: Readable) -> Iterator[Entry]:
+    """Iterate over the entries of a tar stream; see TarReader."""
+    return iter(TarReader(stream))
