@@ -1,0 +1,182 @@
+"""Apply a layer tar stream to a directory: a root filesystem or an overlay upper directory.
+
+`import_layer_from_tar` has the shape of hcsshim's `ImportLayerFromTar(ctx, r, path,
+parentLayerPaths)`: it reads the stream once, decompressing gzip or zstd by their
+magic bytes, applies every entry, hashes the whole uncompressed stream (bytes after
+the end-of-archive marker included) into the diff_id, and returns the number of file
+content bytes written together with that diff_id.
+
+Path safety (see `ocilayer.apply.paths`): a name with a leading `/` is taken relative
+to the target; a name or hardlink target whose `..` climbs above the root is rejected
+with UnsafePathError; symlinks on the way to an entry are followed but clamped to the
+root, so an absolute or escaping link resolves inside the target, never outside it.
+Malformed whiteouts (`.wh.`, `.wh..`, `.wh...`) and duplicate paths are rejected. A
+failed apply leaves the target partly applied (whole files only, never a truncated
+one), so the caller should discard it, as containerd discards an unfinished snapshot.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Literal, NamedTuple
+
+from ocilayer.apply.applier import Applier, ApplyOptions
+from ocilayer.apply.errors import ApplyError, DiffIdMismatchError
+from ocilayer.apply.lower import LowerView
+from ocilayer.apply.overlay import OverlayApplier
+from ocilayer.apply.rootfs import RootfsApplier
+from ocilayer.compression import Compression, open_decompressor
+from ocilayer.digest import HashingReader
+from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
+from ocilayer.tarformat.reader import TarReader
+
+__all__ = [
+    "AppliedLayer",
+    "ApplyError",
+    "DiffIdMismatchError",
+    "import_layer_from_tar",
+]
+
+Target = Literal["rootfs", "overlay"]
+
+_CAP_MKNOD = 27
+_HINTS = {
+    errno.EPERM: "the operation needs privileges: apply as root, or pass rootless=True",
+    errno.EACCES: "permission denied: apply as root, or check the target's permissions",
+    errno.ENOSPC: "the target filesystem is full",
+    errno.EDQUOT: "the disk quota of the target is exhausted",
+    errno.EROFS: "the target is on a read-only filesystem",
+}
+
+
+class AppliedLayer(NamedTuple):
+    """The result of an apply: file content bytes written, and the layer's diff_id."""
+
+    size: int
+    diff_id: str
+    compression: Compression
+
+
+def import_layer_from_tar(
+    reader: BinaryIO,
+    path: str | os.PathLike[str],
+    parent_layer_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    target: Target = "rootfs",
+    rootless: bool = False,
+    skip_devices: bool = False,
+    cancel: threading.Event | None = None,
+    expected_diff_id: str | None = None,
+) -> AppliedLayer:
+    """Apply the layer tar stream `reader` (plain, gzip or zstd) to the directory `path`.
+
+    Args:
+        reader: the layer blob, read once from its current position to its end.
+        path: the target directory, created if missing.
+        parent_layer_paths: for an overlay target, the layer directories below it,
+            lowest first; they are only read.
+        target: "rootfs" for a directory holding the merged lower layers, "overlay"
+            for an overlayfs upper directory.
+        rootless: apply no ownership, skip xattrs that need privileges, and (overlay)
+            write whiteouts and opaque markers in the `user.` xattr namespace.
+        skip_devices: skip device nodes that cannot be created without CAP_MKNOD,
+            with a warning, instead of failing.
+        cancel: checked before each entry and while file data is written; when set,
+            the apply stops and raises Cancelled.
+        expected_diff_id: when given, the diff_id (`sha256:<hex>`) the stream must have.
+
+    Raises:
+        TarFormatError: the stream is truncated or corrupt, or holds a duplicate path.
+        UnsafePathError: an entry's name or hardlink target leaves the root, or a
+            whiteout name is malformed.
+        ApplyError: an entry could not be created; the message names it.
+        DiffIdMismatchError: the stream's diff_id is not `expected_diff_id`.
+        Cancelled: `cancel` was set.
+    """
+    if target not in ("rootfs", "overlay"):
+        raise ValueError(f"invalid target {target!r}: use 'rootfs' or 'overlay'")
+    if parent_layer_paths and target != "overlay":
+        raise ValueError("parent layers apply to overlay targets only")
+    options = ApplyOptions(rootless=rootless, skip_devices=skip_devices)
+
+    def check_cancelled() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(
+                f"apply to {os.fspath(path)!r} was cancelled; the target is partly "
+                "applied, so discard it"
+            )
+
+    os.makedirs(path, exist_ok=True)
+    root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    lower = LowerView(parent_layer_paths) if target == "overlay" else None
+    applier: Applier | None = None
+    written = 0
+    try:
+        if lower is not None:
+            privileged = not rootless and _has_capability(_CAP_MKNOD)
+            applier = OverlayApplier(
+                root_fd,
+                options,
+                lower,
+                xattr_namespace=b"trusted." if privileged else b"user.",
+                xwhiteouts=not privileged,
+                check_cancelled=check_cancelled,
+            )
+        else:
+            applier = RootfsApplier(root_fd, options, check_cancelled)
+        stream, compression = open_decompressor(reader)
+        hashing = HashingReader(stream)
+        _apply_entries(TarReader(hashing), applier, check_cancelled)
+        hashing.drain()
+        written = applier.bytes_written
+    finally:
+        if applier is not None:
+            applier.close()
+        if lower is not None:
+            lower.close()
+        os.close(root_fd)
+
+    if expected_diff_id is not None and hashing.digest != expected_diff_id:
+        raise DiffIdMismatchError(expected_diff_id, hashing.digest)
+    return AppliedLayer(written, hashing.digest, compression)
+
+
+def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[], None]) -> None:
+    for entry in tar:
+        check_cancelled()
+        context = f"entry {tar.entry_name!r} (offset {tar.entry_offset})"
+        try:
+            applier.apply(entry)
+        except (UnsafePathError, TarFormatError) as error:
+            raise type(error)(f"{context}: {error}") from error
+        except ApplyError as error:
+            raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
+        except OSError as error:
+            raise ApplyError(
+                f"{context}: {_describe(error)}", tar.entry_name, tar.entry_offset
+            ) from error
+        except ValueError as error:
+            raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
+    check_cancelled()
+    applier.finish()
+
+
+def _describe(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    hint = _HINTS.get(error.errno or 0)
+    return f"{reason}; {hint}" if hint else reason
+
+
+def _has_capability(number: int) -> bool:
+    """Return whether the process has a capability in its effective set."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> number & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0

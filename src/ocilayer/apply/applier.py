@@ -1,0 +1,396 @@
+"""Apply entries to a directory: the rules that the rootfs and overlay targets share.
+
+Rules, in the words of the OCI image spec where it has them:
+
+- An entry replaces whatever is at its path, except that a directory over a directory
+  is kept and gets the entry's metadata.
+- Every non-directory is created under a temporary name in its directory, gets its
+  content and metadata there, and is then renamed over the old path, so a failed or
+  cancelled apply never leaves a half-written file where a good one was. Temporary
+  names start with `.wh.`, a prefix that no file of a layer can have.
+- The layer's own paths, and every directory above them, are recorded, because
+  whiteouts and opaque markers hide only what the lower layers hold.
+- A layer holds each path once (image-spec: "duplicate entries ... MUST NOT" exist), so
+  a second entry for a path raises TarFormatError: with two different files at one
+  path the tools disagree on which wins. A directory repeated as a directory is
+  accepted and takes the later entry's metadata, because BuildKit once wrote parent
+  directories twice and such layers are still pulled.
+- A hardlink links the named path itself, never what a symlink there points to, and
+  sets no metadata, so it cannot change a file outside the root through a symlink.
+- Directory times are set again after the last entry, because creating children
+  changes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ocilayer.apply.errors import ApplyError
+from ocilayer.apply.metadata import MetadataWriter, entry_times
+from ocilayer.apply.paths import (
+    Location,
+    Resolver,
+    join,
+    list_directory,
+    lstat_at,
+    open_directory,
+    open_real_directory,
+)
+from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
+from ocilayer.errors import TarFormatError, UnsafePathError
+
+logger = logging.getLogger("ocilayer.apply")
+
+TEMP_PREFIX = b".wh..ocilayer-"
+_COPY_CHUNK = 1 << 20
+_MAX_DEVICE_NUMBER = (1 << 32) - 1
+_DEVICE_TYPES = {
+    FileType.CHAR: stat.S_IFCHR,
+    FileType.BLOCK: stat.S_IFBLK,
+    FileType.FIFO: stat.S_IFIFO,
+}
+
+
+class Origin(enum.Enum):
+    """How the current layer put a path in place."""
+
+    # An ancestor directory of one of the layer's entries.
+    ANCESTOR = enum.auto()
+    DIRECTORY = enum.auto()
+    OTHER = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOptions:
+    """Choices of the caller.
+
+    `rootless` applies no ownership and skips xattrs that need privileges.
+    `skip_devices` skips device nodes that cannot be created for lack of CAP_MKNOD,
+    with a warning, instead of failing.
+    """
+
+    rootless: bool = False
+    skip_devices: bool = False
+
+
+class Applier:
+    """Apply entries to the directory `root_fd`; subclasses give whiteouts their meaning."""
+
+    def __init__(
+        self,
+        root_fd: int,
+        options: ApplyOptions,
+        check_cancelled: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.root_fd = root_fd
+        self.options = options
+        self.resolver = Resolver(root_fd, self)
+        self.metadata = MetadataWriter(rootless=options.rootless)
+        self.layer_paths: dict[bytes, Origin] = {}
+        # (real path, atime, mtime, mode) of every directory whose times to set at the end.
+        self.directory_times: list[tuple[bytes, int, int, int]] = []
+        self.bytes_written = 0
+        self._check_cancelled = check_cancelled
+
+    def close(self) -> None:
+        self.resolver.close()
+
+    # The resolver's questions (ocilayer.apply.paths.Tree)
+
+    def is_layer_path(self, path: bytes) -> bool:
+        return path in self.layer_paths
+
+    def lower_symlink(self, path: bytes) -> bytes | None:
+        return None
+
+    def make_directory(
+        self, dir_fd: int, dir_path: bytes, name: bytes, existing: os.stat_result | None
+    ) -> None:
+        """Create a directory that an entry needs but the layer does not list."""
+        path = join(dir_path, name)
+        if existing is not None:
+            if self.layer_paths.get(path) is not None:
+                raise TarFormatError(
+                    f"entry path {path!r} is not a directory, but a later entry of this "
+                    "layer is inside it"
+                )
+            self.remove(dir_fd, name, existing)
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        self.initialise_directory(dir_fd, path, name, existing)
+        self.layer_paths[path] = Origin.ANCESTOR
+
+    def initialise_directory(
+        self, dir_fd: int, path: bytes, name: bytes, replaced: os.stat_result | None
+    ) -> None:
+        """Give a directory created for an entry's parent its owner and mode."""
+        if not self.options.rootless:
+            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+        os.chmod(name, 0o755, dir_fd=dir_fd, follow_symlinks=False)
+
+    # Entries
+
+    def apply(self, entry: Entry) -> None:
+        try:
+            if entry.kind is ChangeKind.DELETE:
+                self.whiteout(entry)
+            elif entry.kind is ChangeKind.OPAQUE:
+                self.opaque(entry)
+            else:
+                self.add(entry)
+        finally:
+            self.resolver.end_entry()
+
+    def whiteout(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def opaque(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def add(self, entry: Entry) -> None:
+        if not entry.path:
+            if entry.type is FileType.DIRECTORY:
+                # NOTE: the root's own metadata is left alone, as containerd and moby do.
+                return
+            raise UnsafePathError(
+                f"entry names the root but is a {entry.type.name.lower()}; only a "
+                "directory may stand for the layer root"
+            )
+        location = self.resolver.resolve_parent(entry.path, create=True)
+        assert location is not None
+        self._check_duplicate(entry, location.path)
+        existing = lstat_at(location.dir_fd, location.name)
+        if entry.type is FileType.DIRECTORY:
+            self._add_directory(entry, location, existing)
+            origin = Origin.DIRECTORY
+        else:
+            if not self._add_non_directory(entry, location, existing):
+                return
+            origin = Origin.OTHER
+        self._record(location.path, origin)
+
+    def _record(self, path: bytes, origin: Origin) -> None:
+        self.layer_paths[path] = origin
+        parent = parent_of(path)
+        while parent and parent not in self.layer_paths:
+            self.layer_paths[parent] = Origin.ANCESTOR
+            parent = parent_of(parent)
+
+    def _check_duplicate(self, entry: Entry, path: bytes) -> None:
+        origin = self.layer_paths.get(path)
+        if origin is None or (entry.is_dir and origin is not Origin.OTHER):
+            return
+        if origin is Origin.ANCESTOR:
+            raise TarFormatError(
+                f"entry {path!r} is a {entry.type.name.lower()}, but earlier entries of "
+                "this layer are inside that path"
+            )
+        raise TarFormatError(
+            f"duplicate entry {path!r}: an earlier entry of this layer already created "
+            "that path, and a layer may hold each path only once"
+        )
+
+    def _add_directory(
+        self, entry: Entry, location: Location, existing: os.stat_result | None
+    ) -> None:
+        dir_fd, name = location.dir_fd, location.name
+        mode = entry.mode | 0o700 if self.options.rootless else entry.mode
+        if existing is None or not stat.S_ISDIR(existing.st_mode):
+            if existing is not None:
+                self.remove(dir_fd, name, existing)
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            self.directory_created(location, existing)
+        self.metadata.apply_at(dir_fd, name, entry, mode=mode)
+        atime, mtime = entry_times(entry)
+        self.directory_times.append((location.path, atime, mtime, entry.mode))
+
+    def directory_created(self, location: Location, replaced: os.stat_result | None) -> None:
+        """Hook run when an entry creates a new directory, before its metadata is set."""
+
+    def _add_non_directory(
+        self, entry: Entry, location: Location, existing: os.stat_result | None
+    ) -> bool:
+        """Create a non-directory entry; return False when it was skipped."""
+        temp = TEMP_PREFIX + secrets.token_hex(8).encode()
+        dir_fd = location.dir_fd
+        if entry.type is FileType.REGULAR:
+            self._write_regular(entry, dir_fd, temp)
+        elif entry.type is FileType.HARDLINK:
+            return self._add_hardlink(entry, location, existing, temp)
+        elif entry.type is FileType.SYMLINK:
+            os.symlink(entry.linkname, temp, dir_fd=dir_fd)
+        elif entry.type in _DEVICE_TYPES:
+            if not self._make_node(entry, dir_fd, temp):
+                return False
+        else:
+            raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
+        try:
+            if entry.type is not FileType.REGULAR:
+                self.metadata.apply_at(dir_fd, temp, entry)
+            self.replace(location, temp, existing)
+        except BaseException:
+            _unlink_quietly(dir_fd, temp)
+            raise
+        return True
+
+    def _write_regular(self, entry: Entry, dir_fd: int, temp: bytes) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+        try:
+            with entry.open() as content:
+                while chunk := content.read(_COPY_CHUNK):
+                    self._check_cancelled()
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    self.bytes_written += len(chunk)
+            self.metadata.apply_to_fd(fd, entry)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(dir_fd, temp)
+            raise
+        os.close(fd)
+
+    def _make_node(self, entry: Entry, dir_fd: int, temp: bytes) -> bool:
+        """Create a device node or FIFO; return False when a device is skipped."""
+        for label, number in (("major", entry.devmajor), ("minor", entry.devminor)):
+            if not 0 <= number <= _MAX_DEVICE_NUMBER:
+                raise TarFormatError(
+                    f"entry {entry.path!r}: device {label} number {number} is out of range"
+                )
+        device = os.makedev(entry.devmajor, entry.devminor)
+        try:
+            os.mknod(temp, _DEVICE_TYPES[entry.type] | 0o600, device, dir_fd=dir_fd)
+        except PermissionError:
+            if entry.type is FileType.FIFO:
+                raise
+            if self.options.skip_devices:
+                self.metadata.warn(
+                    "skipped device node",
+                    b"",
+                    f"skipped device node {entry.path!r} ({entry.devmajor}:{entry.devminor}): "
+                    "creating device nodes needs CAP_MKNOD",
+                )
+                return False
+            raise ApplyError(
+                f"cannot create device node {entry.path!r} ({entry.devmajor}:"
+                f"{entry.devminor}): creating device nodes needs CAP_MKNOD; apply as root, "
+                "or skip device nodes with a warning (skip_devices=True, --skip-devices)"
+            ) from None
+        return True
+
+    def _add_hardlink(
+        self, entry: Entry, location: Location, existing: os.stat_result | None, temp: bytes
+    ) -> bool:
+        found = self.find_link_target(entry)
+        if found is None:
+            raise ApplyError(
+                f"hardlink {entry.path!r} names {entry.linkname!r}, which does not exist; a "
+                "hardlink must name a file that an earlier entry or a lower layer created"
+            )
+        target, target_stat = found
+        if stat.S_ISDIR(target_stat.st_mode):
+            raise ApplyError(
+                f"hardlink {entry.path!r} names the directory {entry.linkname!r}; only "
+                "files can be hardlinked"
+            )
+        if existing is not None and (existing.st_dev, existing.st_ino) == (
+            target_stat.st_dev,
+            target_stat.st_ino,
+        ):
+            return True
+        os.link(target.name, temp, src_dir_fd=target.dir_fd, dst_dir_fd=location.dir_fd,
+                follow_symlinks=False)  # fmt: skip
+        try:
+            self.replace(location, temp, existing)
+        except BaseException:
+            _unlink_quietly(location.dir_fd, temp)
+            raise
+        return True
+
+    def find_link_target(self, entry: Entry) -> tuple[Location, os.stat_result] | None:
+        """Find the file a hardlink names, without following a symlink at its end."""
+        target = self.resolver.resolve_parent(entry.linkname, create=False)
+        if target is None:
+            return None
+        target_stat = lstat_at(target.dir_fd, target.name)
+        return None if target_stat is None else (target, target_stat)
+
+    # Changing the tree
+
+    def replace(self, location: Location, temp: bytes, existing: os.stat_result | None) -> None:
+        """Rename the prepared `temp` over the entry's path."""
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            self.remove(location.dir_fd, location.name, existing)
+        elif existing is not None and stat.S_ISLNK(existing.st_mode):
+            self.resolver.invalidate()
+        os.rename(temp, location.name, src_dir_fd=location.dir_fd, dst_dir_fd=location.dir_fd)
+
+    def remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
+        """Remove `name` from `dir_fd`, a whole tree if it is a directory."""
+        if stat.S_ISDIR(existing.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+        if stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode):
+            self.resolver.invalidate()
+
+    def remove_lower_children(self, dir_fd: int, dir_path: bytes) -> None:
+        """Remove everything in a directory that the current layer did not create.
+
+        Directories of the layer are kept and searched the same way.
+        """
+        pending: list[tuple[int, bytes, bool]] = [(dir_fd, dir_path, False)]
+        try:
+            while pending:
+                fd, path, owned = pending.pop()
+                try:
+                    for name in list_directory(fd):
+                        child = join(path, name)
+                        existing = lstat_at(fd, name)
+                        origin = self.layer_paths.get(child)
+                        if existing is None:
+                            continue
+                        if origin is None:
+                            self.remove(fd, name, existing)
+                        elif origin is not Origin.OTHER and stat.S_ISDIR(existing.st_mode):
+                            pending.append((open_directory(fd, name), child, True))
+                finally:
+                    if owned:
+                        os.close(fd)
+        finally:
+            for fd, _, owned in pending:
+                if owned:
+                    os.close(fd)
+
+    # The end of the layer
+
+    def finish(self) -> None:
+        """Set directory times (and, rootless, the final modes) after the last entry."""
+        for path, atime, mtime, mode in self.directory_times:
+            parent_fd = open_real_directory(self.root_fd, parent_of(path))
+            if parent_fd is None:
+                continue
+            name = path[path.rfind(b"/") + 1 :]
+            try:
+                existing = lstat_at(parent_fd, name)
+                if existing is None or not stat.S_ISDIR(existing.st_mode):
+                    continue
+                if self.options.rootless:
+                    os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)
+                os.utime(name, ns=(atime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+            finally:
+                os.close(parent_fd)
+        self.metadata.log_summary()
+
+
+def _unlink_quietly(dir_fd: int, name: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)

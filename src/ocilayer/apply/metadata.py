@@ -1,0 +1,172 @@
+"""Set the metadata of applied files: owner, xattrs, mode and times, in that order.
+
+The order matters: chown clears setuid and setgid bits and the `security.capability`
+xattr, so the mode and the capability come after it, and the capability is the last
+xattr set. Times come last of all because every other change touches the ctime only,
+but creating children changes a directory's mtime, so directory times are set once
+more after the whole layer (see the applier).
+
+Nothing here follows a symlink: files are changed through a descriptor, or by name
+relative to a directory descriptor with `follow_symlinks=False`, and a symlink never
+gets chmod (Linux has no mode on symlinks).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterable
+
+from ocilayer.entry import Entry, FileType
+
+logger = logging.getLogger("ocilayer.apply")
+
+CAPABILITY_XATTR = b"security.capability"
+# Overlay-private xattrs in a tar could forge whiteouts, opaque directories or
+# redirects in an overlay upper directory, so they are never applied.
+_OVERLAY_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+# Valid ids are 0 to 2^32 - 2: chown takes 2^32 - 1 to mean "leave unchanged".
+MAX_ID = (1 << 32) - 2
+
+
+def proc_path(dir_fd: int, name: bytes) -> bytes:
+    """Name `name` in `dir_fd` through /proc, for calls that take no directory descriptor.
+
+    The kernel follows the /proc link of the directory to the directory itself, and the
+    caller passes `follow_symlinks=False` so that `name` is not followed.
+    """
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+class MetadataWriter:
+    """Apply an entry's metadata as far as the privileges and the options allow.
+
+    With `rootless`, ownership is not applied (files keep the applying user), and xattrs
+    that need privileges are skipped with a warning. Warnings go to the
+    `ocilayer.apply` logger, once for each kind of problem and xattr name, with a
+    count at the end (see `log_summary`).
+    """
+
+    def __init__(self, *, rootless: bool) -> None:
+        self.rootless = rootless
+        self._warned: dict[tuple[str, bytes], int] = {}
+
+    def warn(self, kind: str, key: bytes, message: str) -> None:
+        count = self._warned.get((kind, key), 0)
+        self._warned[(kind, key)] = count + 1
+        if count == 0:
+            logger.warning("%s", message)
+
+    def log_summary(self) -> None:
+        for (kind, key), count in sorted(self._warned.items()):
+            if count > 1:
+                logger.warning("%s %r: %d entries in all", kind, key, count)
+
+    def apply_to_fd(self, fd: int, entry: Entry) -> None:
+        """Set the metadata of the open regular file `fd`."""
+        if not self.rootless:
+            os.fchown(fd, *checked_ids(entry))
+        for key, value in self._xattrs(entry):
+            self._set_xattr(fd, key, value, entry)
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=entry_times(entry))
+
+    def apply_at(self, dir_fd: int, name: bytes, entry: Entry, *, mode: int | None = None) -> None:
+        """Set the metadata of `name` in `dir_fd` without following it.
+
+        `mode` overrides the entry's mode (the applier keeps directories writable
+        until the end of a rootless apply).
+        """
+        if not self.rootless:
+            uid, gid = checked_ids(entry)
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        path = proc_path(dir_fd, name)
+        for key, value in self._xattrs(entry):
+            self._set_xattr(path, key, value, entry)
+        if entry.type is not FileType.SYMLINK:
+            os.chmod(name, entry.mode if mode is None else mode, dir_fd=dir_fd,
+                     follow_symlinks=False)  # fmt: skip
+        os.utime(name, ns=entry_times(entry), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _xattrs(self, entry: Entry) -> Iterable[tuple[bytes, bytes]]:
+        """Yield the xattrs to set, `security.capability` last."""
+        capability = None
+        for key, value in entry.xattrs.items():
+            if key.startswith(_OVERLAY_XATTR_PREFIXES):
+                self.warn(
+                    "skipped overlay xattr",
+                    key,
+                    f"entry {entry.path!r}: skipped the overlay-private xattr {key!r}; "
+                    "a layer may not set overlay whiteouts or redirects directly",
+                )
+            elif key == CAPABILITY_XATTR:
+                capability = value
+            else:
+                yield key, value
+        if capability is not None:
+            yield CAPABILITY_XATTR, capability
+
+    def _set_xattr(self, target: int | bytes, key: bytes, value: bytes, entry: Entry) -> None:
+        """Set one xattr on a descriptor or, without following it, on a path."""
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, key, value)
+            else:
+                os.setxattr(target, key, value, follow_symlinks=False)
+        except OSError as error:
+            if not self._tolerable(error, key, entry):
+                raise
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            self.warn(
+                "skipped xattr",
+                key,
+                f"entry {entry.path!r}: could not set xattr {key!r} ({reason}); skipped",
+            )
+
+    def _tolerable(self, error: OSError, key: bytes, entry: Entry) -> bool:
+        """Return whether a failed setxattr may be skipped with a warning.
+
+        Skipped: a filesystem without xattr support; user.* xattrs on files other than
+        regular files and directories, which Linux never allows; and anything that
+        needs privileges in a rootless apply.
+        """
+        if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return True
+        if error.errno != errno.EPERM:
+            return False
+        if self.rootless:
+            return True
+        return key.startswith(b"user.") and entry.type not in (
+            FileType.REGULAR,
+            FileType.DIRECTORY,
+        )
+
+
+def checked_ids(entry: Entry) -> tuple[int, int]:
+    for label, value in (("uid", entry.uid), ("gid", entry.gid)):
+        if not 0 <= value <= MAX_ID:
+            raise ValueError(f"{label} {value} is out of range (0 to {MAX_ID})")
+    return entry.uid, entry.gid
+
+
+def entry_times(entry: Entry) -> tuple[int, int]:
+    """Return (atime, mtime) in nanoseconds; an entry without atime gets its mtime."""
+    atime = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
+    return atime, entry.mtime_ns
+
+
+def copy_xattrs(source: bytes, destination: bytes, *, skip_trusted: bool) -> None:
+    """Copy the xattrs of one path to another, neither followed, except overlay ones."""
+    for key in os.listxattr(source, follow_symlinks=False):
+        name = key.encode("utf-8", "surrogateescape")
+        if name.startswith(_OVERLAY_XATTR_PREFIXES):
+            continue
+        if skip_trusted and name.startswith(b"trusted."):
+            continue
+        value = os.getxattr(source, key, follow_symlinks=False)
+        try:
+            os.setxattr(destination, key, value, follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+                raise
