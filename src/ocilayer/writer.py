@@ -17,6 +17,7 @@ whose file changed are written too, right after the name that carries the data.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -32,6 +33,7 @@ log = logging.getLogger("ocilayer")
 
 _BUFFER_SIZE = 1 << 20
 _COPY_CHUNK = 1 << 20
+_ZEROS = memoryview(bytes(_COPY_CHUNK))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,29 +180,81 @@ class LayerTarWriter:
         self.entries_written += 1
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) >= _BUFFER_SIZE:
+            self.flush()
+            self._out.write(data)
+            return
         self._buffer += data
         if len(self._buffer) >= _BUFFER_SIZE:
             self.flush()
 
     def _copy_data(self, entry: Entry) -> None:
-        remaining = entry.size
         try:
-            with entry.open() as source:
-                while remaining > 0:
-                    chunk = source.read(min(remaining, _COPY_CHUNK))
+            if entry.source_path is not None:
+                self._copy_file(entry, entry.source_path)
+            else:
+                with entry.open() as source:
+                    self._copy_stream(entry, source)
+        except OSError as error:
+            raise LayerError(f"cannot read {_show(entry)}: {error}") from error
+        self._emit(data_padding(entry.size))
+
+    def _copy_file(self, entry: Entry, path: bytes) -> None:
+        """Copy a file's data, writing its holes as zeros without reading them."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            position = 0
+            size = entry.size
+            while position < size:
+                try:
+                    data_start = min(os.lseek(fd, position, os.SEEK_DATA), size)
+                except OSError as error:
+                    if error.errno != errno.ENXIO:
+                        raise
+                    data_start = size
+                self._emit_zeros(data_start - position)
+                position = data_start
+                if position >= size:
+                    break
+                hole_start = min(os.lseek(fd, position, os.SEEK_HOLE), size)
+                os.lseek(fd, position, os.SEEK_SET)
+                while position < hole_start:
+                    chunk = os.read(fd, min(hole_start - position, _COPY_CHUNK))
                     if not chunk:
                         break
                     self._emit(chunk)
-                    remaining -= len(chunk)
-                grown = remaining == 0 and source.read(1)
-        except OSError as error:
-            raise LayerError(f"cannot read {_show(entry)}: {error}") from error
-        if remaining or grown:
-            raise LayerError(
-                f"{_show(entry)} changed size while it was being read "
-                f"(expected {entry.size} bytes); export from a layer that is not in use"
-            )
-        self._emit(data_padding(entry.size))
+                    position += len(chunk)
+                if position < hole_start:
+                    break
+            current = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if position != size or current != size:
+            raise _changed_size(entry)
+
+    def _copy_stream(self, entry: Entry, source: BinaryIO) -> None:
+        remaining = entry.size
+        while remaining > 0:
+            chunk = source.read(min(remaining, _COPY_CHUNK))
+            if not chunk:
+                break
+            self._emit(chunk)
+            remaining -= len(chunk)
+        if remaining or source.read(1):
+            raise _changed_size(entry)
+
+    def _emit_zeros(self, count: int) -> None:
+        while count > 0:
+            step = min(count, len(_ZEROS))
+            self._emit(_ZEROS[:step])
+            count -= step
+
+
+def _changed_size(entry: Entry) -> LayerError:
+    return LayerError(
+        f"{_show(entry)} changed size while it was being read (expected {entry.size} "
+        "bytes); export from a layer that is not in use"
+    )
 
 
 def _base(path: bytes) -> bytes:
