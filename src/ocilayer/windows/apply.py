@@ -1,0 +1,145 @@
+"""Windows layer import: a layer tar into a transport folder or a base layer folder.
+
+The loop is hcsshim's writeLayerFromTar: a whiteout (`.wh.` base name) removes the
+path it names, a hardlink entry (type 1) adds a link, and anything else is added with
+the FILE_BASIC_INFO of its header and a backup stream built from the header and the
+alternate data stream entries that follow it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from typing import BinaryIO, Protocol
+
+from ocilayer.compression import open_decompressor
+from ocilayer.errors import Cancelled, LayerError
+from ocilayer.windows.backupstream import BackupStreamWriter
+from ocilayer.windows.backuptar import (
+    SddlConverter,
+    file_info_from_header,
+    write_backup_stream_from_tar_file,
+)
+from ocilayer.windows.baselayer import BaseLayerWriter
+from ocilayer.windows.export import WHITEOUT_PREFIX, PathArg, WindowsLayout
+from ocilayer.windows.fileinfo import FileBasicInfo
+from ocilayer.windows.tarstream import TarInput
+from ocilayer.windows.transport_writer import TransportWriter
+
+
+class LayerWriter(Protocol):
+    """What the import loop needs from a layer folder writer."""
+
+    def add(self, name: str, info: FileBasicInfo) -> BinaryIO: ...
+
+    def add_link(self, name: str, target: str) -> None: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def _decode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def write_layer_from_tar(
+    tar: TarInput,
+    layer: LayerWriter,
+    cancel: threading.Event | None = None,
+    sddl_converter: SddlConverter | None = None,
+) -> int:
+    """Write every entry of `tar` into `layer` and return the bytes of file data written.
+
+    The count is of regular file data only, alternate data streams excluded, as
+    hcsshim counts it.
+    """
+    total = 0
+    header = tar.next()
+    while header is not None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Windows layer import cancelled")
+        directory, _, base = header.name.rpartition(b"/")
+        if base.startswith(WHITEOUT_PREFIX.encode()):
+            deleted = base[len(WHITEOUT_PREFIX) :]
+            layer.remove(_decode(directory + b"/" + deleted if directory else deleted))
+            header = tar.next()
+        elif header.typeflag == b"1":
+            layer.add_link(_decode(header.name), _decode(header.linkname))
+            header = tar.next()
+        else:
+            name, size, info = file_info_from_header(header)
+            sink = layer.add(name, info)
+            header = write_backup_stream_from_tar_file(
+                BackupStreamWriter(sink, source=name), tar, header, sddl_converter=sddl_converter
+            )
+            total += size
+    return total
+
+
+def _prepare_target(path: str) -> bool:
+    """Make sure `path` is an empty directory; return whether it was created here."""
+    try:
+        os.mkdir(path)
+        return True
+    except FileExistsError:
+        if not os.path.isdir(path) or os.listdir(path):
+            raise LayerError(
+                f"{path!r} exists and is not an empty directory; import into a new directory"
+            ) from None
+        return False
+
+
+def import_windows_layer(
+    reader: BinaryIO,
+    path: PathArg,
+    *,
+    layout: WindowsLayout = WindowsLayout.TRANSPORT,
+    cancel: threading.Event | None = None,
+    sddl_converter: SddlConverter | None = None,
+) -> int:
+    """Import a Windows layer tar (plain, gzip or zstd) into a new layer folder at `path`.
+
+    `layout` TRANSPORT writes the folder that vmcompute's ImportLayer reads, BASE the
+    real files of a parentless layer. `sddl_converter` turns the legacy SDDL form of
+    a security descriptor into binary (a Windows API call); without it such entries
+    fail. Returns the bytes of file data written. On failure, a folder created here is
+    removed; an existing empty folder is emptied again.
+
+    Raises LayerError or UnsafePathError naming the entry, TarFormatError for a
+    malformed tar, Cancelled when `cancel` is set.
+    """
+    target = os.fspath(path)
+    created = _prepare_target(target)
+    stream, _ = open_decompressor(reader)
+    layer: LayerWriter = (
+        TransportWriter(target) if layout is WindowsLayout.TRANSPORT else BaseLayerWriter(target)
+    )
+    tar = TarInput(stream)
+    try:
+        total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
+        layer.close()
+    except BaseException:
+        layer.abort()
+        _remove_partial(target, created)
+        raise
+    finally:
+        tar.close()
+    return total
+
+
+def _remove_partial(target: str, created: bool) -> None:
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    for name in os.listdir(target):
+        full = os.path.join(target, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full)
