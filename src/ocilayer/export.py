@@ -19,6 +19,7 @@ from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError
 from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.snapshot import SnapshotSource
+from ocilayer.sources.tarsource import TarSource
 from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
 from ocilayer.xattrs import XattrPolicy
 
@@ -35,7 +36,7 @@ class LayerReader(Protocol):
     def lookup(self, path: bytes) -> Entry: ...
 
 
-SOURCES = ("snapshot", "overlay", "auto")
+SOURCES = ("snapshot", "overlay", "auto", "tar")
 
 
 def open_source(
@@ -50,9 +51,10 @@ def open_source(
 
     `source` is "snapshot" (a full tree), "overlay" (an overlayfs upper directory)
     or "auto", which picks overlay only when the directory holds overlay records
-    (whiteout devices or overlay xattrs), and snapshot otherwise.
+    (whiteout devices or overlay xattrs), and snapshot otherwise. The "tar" source
+    reads a layer tar and is opened by `export_layer_to_tar`, which owns its file.
     """
-    if source not in SOURCES:
+    if source not in SOURCES or source == "tar":
         raise LayerError(f"unknown source kind {source!r}; use one of {', '.join(SOURCES)}")
     if source == "auto":
         source = "overlay" if looks_like_upper(path) else "snapshot"
@@ -135,6 +137,7 @@ def export_layer_to_tar(
     xattrs: XattrPolicy = XattrPolicy.ALL,
     include: Iterable[bytes] = (),
     source: str = "snapshot",
+    prefix: bytes = b"",
 ) -> Descriptor:
     """Export a layer directory as an OCI layer tar stream into `writer`.
 
@@ -146,16 +149,25 @@ def export_layer_to_tar(
     variable SOURCE_DATE_EPOCH is read by the CLI, not here. Returns the OCI
     descriptor of what was written, with the diff_id of the uncompressed tar.
 
+    With `source="tar"`, `path` is a layer tar (plain, gzip or zstd) to rewrite, with
+    every name moved under `prefix` when one is given; it takes no parents.
+
     Raises LayerError for an unreadable layer, Cancelled when `cancel` is set.
     """
-    reader = open_source(path, parent_layer_paths, source=source, xattrs=xattrs, include=include)
     options = RecipeOptions(source_date_epoch=source_date_epoch, keep_nanoseconds=keep_nanoseconds)
-    return write_layer(
-        reader,
-        writer,
-        compression=compression,
-        level=level,
-        threads=threads,
-        options=options,
-        cancel=cancel,
-    )
+    settings = {"compression": compression, "level": level, "threads": threads,
+                "options": options, "cancel": cancel}  # fmt: skip
+    if source == "tar":
+        if list(parent_layer_paths):
+            raise LayerError("a layer tar is already a changeset; it takes no parent layers")
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise LayerError(f"cannot open layer tar {os.fsdecode(path)!r}: {error}") from None
+        with stream:
+            tar_reader = TarSource(stream, prefix=prefix, xattrs=xattrs)
+            return write_layer(tar_reader, writer, **settings)  # type: ignore[arg-type]
+    if prefix:
+        raise LayerError("--prefix applies to a layer tar (source tar) only")
+    reader = open_source(path, parent_layer_paths, source=source, xattrs=xattrs, include=include)
+    return write_layer(reader, writer, **settings)  # type: ignore[arg-type]

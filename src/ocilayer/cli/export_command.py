@@ -28,7 +28,12 @@ def add_parser(subparsers: Any) -> None:
             "parents merged lowest first to LAYER, with whiteouts for deleted paths."
         ),
     )
-    parser.add_argument("layer", metavar="LAYER", help="directory holding the full layer tree")
+    parser.add_argument(
+        "layer",
+        metavar="LAYER",
+        help="directory holding the full layer tree (with --source tar: a layer tar, '-' "
+        "for stdin)",
+    )
     parser.add_argument(
         "--parent",
         action="append",
@@ -38,11 +43,18 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--source",
-        choices=["snapshot", "overlay", "auto"],
+        choices=["snapshot", "overlay", "auto", "tar"],
         default="snapshot",
         help="what LAYER is: snapshot (default; a full tree, diffed against the parents), "
-        "overlay (an overlayfs upper directory over the parents) or auto (overlay when "
-        "LAYER holds whiteout devices or overlay xattrs, else snapshot)",
+        "overlay (an overlayfs upper directory over the parents), auto (overlay when "
+        "LAYER holds whiteout devices or overlay xattrs, else snapshot) or tar (a layer "
+        "tar to rewrite: recompress, normalise, or move under --prefix)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="",
+        metavar="DIR",
+        help="with --source tar: move every entry, and every hardlink target, under DIR",
     )
     parser.add_argument(
         "-o",
@@ -152,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
             f"--level {args.level} is not valid for {compression.value}: "
             f"use {levels.start}-{levels.stop - 1}"
         )
+    if args.prefix and args.source != "tar":
+        raise UsageError("--prefix needs --source tar")
+    if args.source == "tar" and args.layer == STDOUT:
+        args.layer = "/dev/stdin"
     epoch = _source_date_epoch(args)
     include = [os.fsencode(path) for path in args.include]
 
@@ -168,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             xattrs=XattrPolicy(args.xattrs),
             include=include,
             source=args.source,
+            prefix=os.fsencode(args.prefix),
         )
     if args.json:
         print(json.dumps(descriptor.to_json(), indent=2))
