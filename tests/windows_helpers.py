@@ -120,7 +120,7 @@ def parse_pax(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def parse_tar(data: bytes) -> list[RawEntry]:
     """Decode every entry of a tar stream; assert the two zero end blocks and nothing after."""
-    entries = []
+    entries: list[RawEntry] = []
     offset = 0
     pending_pax: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
     while True:

@@ -23,6 +23,7 @@ import errno
 import io
 import os
 import stat
+import sys
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, cast
@@ -75,6 +76,8 @@ class HostFiles(Protocol):
 
 
 def _get_xattr(target: str | int, name: str) -> bytes | None:
+    if sys.platform == "win32":
+        raise LayerError("extended attributes stand in for Windows metadata only off Windows")
     try:
         return os.getxattr(target, name, follow_symlinks=False)
     except OSError as error:
@@ -85,6 +88,12 @@ def _get_xattr(target: str | int, name: str) -> bytes | None:
 
 def set_xattr(target: int, name: str, value: bytes, where: str) -> None:
     """Store one metadata attribute on an open file, with an error that says what failed."""
+    if sys.platform == "win32":
+        # TODO: write layer folders on Windows hosts with SetFileInformationByHandle and
+        # BackupWrite; until then import runs on other hosts only.
+        raise LayerError(
+            f"{where}: writing Windows layer folders on a Windows host is not supported"
+        )
     try:
         os.setxattr(target, name, value)
     except OSError as error:
