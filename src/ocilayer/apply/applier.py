@@ -51,6 +51,9 @@ logger = logging.getLogger("ocilayer.apply")
 
 TEMP_PREFIX = b".wh..ocilayer-"
 _COPY_CHUNK = 1 << 20
+_ZEROS = bytes(_COPY_CHUNK)
+# Zero runs of at least a filesystem block are written as holes.
+_HOLE_SIZE = 4096
 _MAX_DEVICE_NUMBER = (1 << 32) - 1
 _DEVICE_TYPES = {
     FileType.CHAR: stat.S_IFCHR,
@@ -247,10 +250,15 @@ class Applier:
             with entry.open() as content:
                 while chunk := content.read(_COPY_CHUNK):
                     self._check_cancelled()
+                    self.bytes_written += len(chunk)
+                    if len(chunk) >= _HOLE_SIZE and chunk == _ZEROS[: len(chunk)]:
+                        # A run of zeros becomes a hole; the truncate below sets the size.
+                        os.lseek(fd, len(chunk), os.SEEK_CUR)
+                        continue
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-                    self.bytes_written += len(chunk)
+            os.ftruncate(fd, entry.size)
             self.metadata.apply_to_fd(fd, entry)
         except BaseException:
             os.close(fd)

@@ -14,7 +14,7 @@ producers write:
 
 Where the formats leave a choice, the reader follows Go's `archive/tar`, which
 containerd and docker read layers with: hardlinks, symlinks, devices, FIFOs and
-directories have no data whatever their size field says, and one zero block ends
+directories have no data whatever their size field contains, and one zero block ends
 the archive. Unlike Go, a stream that stops at a header boundary without the zero
 blocks is an error, because a truncated download would otherwise apply as a
 shorter layer; a stream of zero bytes is the empty layer.
@@ -416,12 +416,14 @@ def _parse_block(block: bytes, offset: int) -> _Header:
             f"invalid tar header at offset {offset}: checksum {stored:o} does not match "
             f"the header bytes ({unsigned:o}); the stream is corrupt or not a tar"
         )
+
     name = _cstring(block[0:100])
     magic = block[257:263]
     if magic == b"ustar\x00":
         prefix = _cstring(block[345:500])
         if prefix:
             name = prefix + b"/" + name
+
     size = _parse_number(block[124:136], "size", offset)
     if size < 0:
         raise TarFormatError(f"header at offset {offset} has a negative size {size}")

@@ -1,0 +1,199 @@
+"""Helpers for apply tests: a declarative tar builder, an exact tree listing, overlay mounts.
+
+Tars are built with ocilayer's Go-compatible encoder, so each entry is exactly what a
+Go producer (containerd, docker) would write for the same header. `listing` renders a
+tree as one short line per path so that a test can assert the whole result at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from ocilayer.apply import AppliedLayer, import_layer_from_tar
+from ocilayer.tarformat.encoder import END_OF_ARCHIVE, TarHeader, data_padding, encode_header
+
+# 2020-09-13T12:26:40Z.
+MTIME_NS = 1_600_000_000 * 10**9
+
+Name = str | bytes
+
+
+def _raw(value: Name) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+
+
+def entry(
+    name: Name,
+    typeflag: bytes = b"0",
+    *,
+    content: bytes = b"",
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime_ns: int = MTIME_NS,
+    linkname: Name = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+    xattrs: Mapping[bytes, bytes] | None = None,
+    pax: Mapping[bytes, bytes] | None = None,
+) -> bytes:
+    """Encode one tar entry: its header blocks, then its data padded to a block."""
+    records = dict(pax or {})
+    for key, value in (xattrs or {}).items():
+        records[b"SCHILY.xattr." + key] = value
+    header = TarHeader(
+        name=_raw(name),
+        typeflag=typeflag,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        size=len(content),
+        mtime_ns=mtime_ns,
+        linkname=_raw(linkname),
+        devmajor=devmajor,
+        devminor=devminor,
+        pax_records=records,
+    )
+    return encode_header(header) + content + data_padding(len(content))
+
+
+def file(name: Name, content: bytes | str = b"", mode: int = 0o644, **fields: object) -> bytes:
+    data = content.encode() if isinstance(content, str) else content
+    return entry(name, b"0", content=data, mode=mode, **fields)  # type: ignore[arg-type]
+
+
+def directory(name: Name, mode: int = 0o755, **fields: object) -> bytes:
+    return entry(name, b"5", mode=mode, **fields)  # type: ignore[arg-type]
+
+
+def symlink(name: Name, target: Name, **fields: object) -> bytes:
+    return entry(name, b"2", mode=0o777, linkname=target, **fields)  # type: ignore[arg-type]
+
+
+def hardlink(name: Name, target: Name, **fields: object) -> bytes:
+    return entry(name, b"1", linkname=target, **fields)  # type: ignore[arg-type]
+
+
+def whiteout(name: Name) -> bytes:
+    """A whiteout as containerd writes it: an empty regular file, mode 0, time 0."""
+    return entry(name, b"0", mode=0, mtime_ns=0)
+
+
+def fifo(name: Name, mode: int = 0o644, **fields: object) -> bytes:
+    return entry(name, b"6", mode=mode, **fields)  # type: ignore[arg-type]
+
+
+def char_device(name: Name, major: int, minor: int, mode: int = 0o666) -> bytes:
+    return entry(name, b"3", mode=mode, devmajor=major, devminor=minor)
+
+
+def block_device(name: Name, major: int, minor: int, mode: int = 0o660) -> bytes:
+    return entry(name, b"4", mode=mode, devmajor=major, devminor=minor)
+
+
+def tar(*entries: bytes, end: bytes = END_OF_ARCHIVE) -> bytes:
+    """Join entries into a tar stream with Go's end-of-archive marker."""
+    return b"".join(entries) + end
+
+
+def apply(data: bytes, target: Path, *parents: Path, **options: object) -> AppliedLayer:
+    """Apply the tar `data` to `target` (parents lowest first, for overlay targets)."""
+    return import_layer_from_tar(io.BytesIO(data), target, parents, **options)  # type: ignore[arg-type]
+
+
+def listing(root: Path, *, owners: bool = False) -> dict[str, str]:
+    """Describe every path below `root` in one line, without following symlinks.
+
+    `d 755`, `f 644 'text'`, `l -> target`, `c 1:3 666`, `b 8:0 660`, `p 600`; a
+    non-directory with more than one link ends in `links=N`, and with `owners` every
+    line ends in `uid:gid`. Names that are not UTF-8 appear surrogate-escaped.
+    """
+    lines: dict[str, str] = {}
+    base = os.fsencode(root)
+    pending = [b""]
+    while pending:
+        relative = pending.pop()
+        for name in sorted(os.listdir(os.path.join(base, relative) if relative else base)):
+            path = relative + b"/" + name if relative else name
+            full = os.path.join(base, path)
+            st = os.lstat(full)
+            lines[os.fsdecode(path)] = _describe(full, st, owners)
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(path)
+    return dict(sorted(lines.items()))
+
+
+def _describe(full: bytes, st: os.stat_result, owners: bool) -> str:
+    mode = f"{stat.S_IMODE(st.st_mode):o}"
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFDIR:
+        text = f"d {mode}"
+    elif kind == stat.S_IFREG:
+        with open(full, "rb") as handle:
+            content = handle.read(200)
+        text = f"f {mode} {content.decode('utf-8', 'backslashreplace')!r}"
+    elif kind == stat.S_IFLNK:
+        text = f"l -> {os.fsdecode(os.readlink(full))}"
+    elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+        letter = "c" if kind == stat.S_IFCHR else "b"
+        text = f"{letter} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} {mode}"
+    elif kind == stat.S_IFIFO:
+        text = f"p {mode}"
+    else:
+        text = f"? {kind:o}"
+    if kind != stat.S_IFDIR and st.st_nlink > 1:
+        text += f" links={st.st_nlink}"
+    if owners:
+        text += f" {st.st_uid}:{st.st_gid}"
+    return text
+
+
+def same_inode(a: Path, b: Path) -> bool:
+    first, second = os.lstat(a), os.lstat(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def get_xattr(path: Path, name: bytes) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def mounted_overlay(
+    lowers: list[Path], mountpoint: Path, *, userxattr: bool = False
+) -> Iterator[Path]:
+    """Mount the layer directories `lowers` (lowest first) read-only with overlayfs.
+
+    Fails the test, never skips it, when the mount is not allowed: CI runs as root on
+    a kernel with overlayfs.
+    """
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    options = "lowerdir=" + ":".join(str(path) for path in reversed(lowers))
+    if userxattr:
+        options = "userxattr," + options
+    if len(lowers) == 1:
+        # overlayfs needs two lower layers when there is no upper; add an empty one.
+        empty = mountpoint.parent / (mountpoint.name + "-empty")
+        empty.mkdir(exist_ok=True)
+        options += f":{empty}"
+    result = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"mount -t overlay failed ({result.returncode}): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
