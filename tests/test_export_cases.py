@@ -328,3 +328,46 @@ def test_real_whiteout_name_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(LayerError, match=r"tree/d/\.wh\.evil'.*starts with '\.wh\.'"):
         export_bytes(tree)
+
+
+def test_devices_and_fifo(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "dev").mkdir(parents=True)
+    os.mknod(tree / "dev" / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    os.mknod(tree / "dev" / "sda", 0o660 | 0o060000, os.makedev(8, 0))
+    os.mknod(tree / "dev" / "big", 0o600 | 0o020000, os.makedev(4095, 1048575))
+    os.mkfifo(tree / "dev" / "initctl", 0o600)
+    for name in ("null", "sda", "big", "initctl"):
+        os.chmod(tree / "dev" / name, {"null": 0o666, "sda": 0o660}.get(name, 0o600))
+
+    data, _ = export_bytes(tree)
+
+    items = {item.name: item for item in read_tar(data)}
+    assert [item.short() for item in read_tar(data)] == [
+        "d dev/",
+        "c dev/big",
+        "p dev/initctl",
+        "c dev/null",
+        "b dev/sda",
+    ]
+    assert (items[b"dev/null"].devmajor, items[b"dev/null"].devminor) == (1, 3)
+    assert items[b"dev/null"].mode == 0o666
+    assert (items[b"dev/sda"].devmajor, items[b"dev/sda"].devminor) == (8, 0)
+    assert (items[b"dev/big"].devmajor, items[b"dev/big"].devminor) == (4095, 1048575)
+    assert items[b"dev/initctl"].size == 0
+
+
+def test_setuid_setgid_sticky_kept(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    write(tree / "su", b"x", 0o4755)
+    write(tree / "sg", b"x", 0o2711)
+    (tree / "tmp").mkdir()
+    os.chmod(tree / "tmp", 0o1777)
+
+    data, _ = export_bytes(tree)
+
+    assert [(item.name, item.mode) for item in read_tar(data)] == [
+        (b"sg", 0o2711),
+        (b"su", 0o4755),
+        (b"tmp/", 0o1777),
+    ]
