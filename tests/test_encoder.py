@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocilayer.errors import TarFormatError
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
     TarHeader,
     encode_header,
+    encode_plain_ustar,
     format_pax_record,
     format_pax_time,
     pax_header_name,
@@ -249,3 +252,43 @@ def test_truncated_pax_main_name_drops_trailing_slash() -> None:
     main = blocks[-512:]
     assert field(main, 0, 100) == b"d/" + b"y" * 98
     assert pax_records(blocks) == {b"path": name}
+
+
+@given(
+    name=st.one_of(
+        st.binary(min_size=1, max_size=120),
+        st.text("ab/.-", min_size=1, max_size=104).map(str.encode),
+    ),
+    linkname=st.one_of(st.binary(max_size=110), st.text("xy/", max_size=101).map(str.encode)),
+    typeflag=st.sampled_from([b"0", b"1", b"2", b"3", b"4", b"5", b"6"]),
+    mode=st.integers(0, (1 << 21) + 5),
+    uid=st.integers(0, (1 << 21) + 5),
+    gid=st.integers(0, 70000),
+    size=st.integers(0, (1 << 33) + 5),
+    mtime=st.integers(-5, (1 << 33) + 5),
+    devmajor=st.integers(0, 4096),
+    devminor=st.integers(0, 1 << 20),
+)
+@settings(max_examples=3000)
+def test_plain_ustar_matches_general_encoder(
+    name: bytes,
+    linkname: bytes,
+    typeflag: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    devmajor: int,
+    devminor: int,
+) -> None:
+    name = name.replace(b"\x00", b"n")
+    linkname = linkname.replace(b"\x00", b"l")
+    fast = encode_plain_ustar(
+        name, typeflag, mode, uid, gid, size, mtime, linkname, devmajor, devminor
+    )
+    if fast is None:
+        return
+    header = TarHeader(name, typeflag, mode, uid, gid, size, mtime * 10**9, linkname=linkname,
+                       devmajor=devmajor, devminor=devminor)  # fmt: skip
+    assert fast == encode_header(header)

@@ -27,13 +27,21 @@ from typing import BinaryIO
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import LayerError, OcilayerError
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
-from ocilayer.tarformat.encoder import END_OF_ARCHIVE, TarHeader, data_padding, encode_header
+from ocilayer.tarformat.encoder import (
+    END_OF_ARCHIVE,
+    TarHeader,
+    data_padding,
+    encode_header,
+    encode_plain_ustar,
+)
 
 log = logging.getLogger("ocilayer")
 
 _BUFFER_SIZE = 1 << 20
 _COPY_CHUNK = 1 << 20
 _ZEROS = memoryview(bytes(_COPY_CHUNK))
+# Files up to this size are read in one call; larger ones are copied around their holes.
+_SMALL_FILE = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +184,7 @@ class LayerTarWriter:
     def _write_header(self, header: TarHeader, is_dir: bool) -> None:
         if is_dir:
             self._written_dirs.add(header.name.rstrip(b"/"))
-        self._emit(encode_header(header))
+        self._emit(_encode(header))
         self.entries_written += 1
 
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
@@ -202,6 +210,16 @@ class LayerTarWriter:
     def _copy_file(self, entry: Entry, path: bytes) -> None:
         """Copy a file's data, writing its holes as zeros without reading them."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if entry.size <= _SMALL_FILE:
+            # One read returns the whole file, and a byte more if it grew.
+            try:
+                data = os.read(fd, entry.size + 1)
+            finally:
+                os.close(fd)
+            if len(data) != entry.size:
+                raise _changed_size(entry)
+            self._emit(data)
+            return
         try:
             position = 0
             size = entry.size
@@ -255,6 +273,27 @@ def _changed_size(entry: Entry) -> LayerError:
         f"{_show(entry)} changed size while it was being read (expected {entry.size} "
         "bytes); export from a layer that is not in use"
     )
+
+
+def _encode(header: TarHeader) -> bytes:
+    """Encode a header, through the one-step USTAR encoder when it fits."""
+    seconds, nanoseconds = divmod(header.mtime_ns, 1_000_000_000)
+    if not (header.pax_records or nanoseconds or header.uname or header.gname):
+        block = encode_plain_ustar(
+            header.name,
+            header.typeflag,
+            header.mode,
+            header.uid,
+            header.gid,
+            header.size,
+            seconds,
+            header.linkname,
+            header.devmajor,
+            header.devminor,
+        )
+        if block is not None:
+            return block
+    return encode_header(header)
 
 
 def _base(path: bytes) -> bytes:

@@ -207,6 +207,62 @@ def _check_record(key: bytes, value: bytes, entry: bytes) -> None:
         raise TarFormatError(f"{entry!r}: PAX record {key.decode()} contains a NUL byte")
 
 
+_USTAR_TAIL = _MAGIC_USTAR + bytes(64)
+_BLOCK_END = bytes(167)
+_OCTAL_7_MAX = (1 << 21) - 1
+_OCTAL_11_MAX = (1 << 33) - 1
+
+
+def encode_plain_ustar(
+    name: bytes,
+    typeflag: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    linkname: bytes = b"",
+    devmajor: int = 0,
+    devminor: int = 0,
+) -> bytes | None:
+    """Encode the common header in one step, or return None when it needs `encode_header`.
+
+    The common header has an ASCII name and link name of at most 100 bytes, fields
+    that fit their octal width, a whole-second mtime (Unix seconds) and no PAX
+    records; it gives the same bytes as `encode_header`, which the tests check.
+    """
+    if (
+        len(name) > NAME_SIZE
+        or len(linkname) > NAME_SIZE
+        or not name.isascii()
+        or not linkname.isascii()
+        or not 0 <= uid <= _OCTAL_7_MAX
+        or not 0 <= gid <= _OCTAL_7_MAX
+        or not 0 <= mode <= _OCTAL_7_MAX
+        or not 0 <= size <= _OCTAL_11_MAX
+        or not 0 <= mtime <= _OCTAL_11_MAX
+        or not 0 <= devmajor <= _OCTAL_7_MAX
+        or not 0 <= devminor <= _OCTAL_7_MAX
+        or (typeflag in (b"0", b"3", b"4", b"6") and name.endswith(b"/"))
+    ):
+        return None
+    block = b"%s%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00        %s%s%s%07o\x00%07o\x00%s" % (
+        name.ljust(NAME_SIZE, b"\x00"),
+        mode,
+        uid,
+        gid,
+        size,
+        mtime,
+        typeflag,
+        linkname.ljust(NAME_SIZE, b"\x00"),
+        _USTAR_TAIL,
+        devmajor,
+        devminor,
+        _BLOCK_END,
+    )
+    return b"%s%06o\x00 %s" % (block[:148], sum(block), block[156:])
+
+
 def encode_header(h: TarHeader) -> bytes:
     """Encode the header blocks of one entry (a PAX header first when needed).
 
