@@ -25,7 +25,7 @@ from ocilayer.windows.hostfiles import (
     set_xattr,
 )
 from ocilayer.windows.layeritem import LayerItem
-from ocilayer.windows.saferoot import LayerRoot, clean_layer_name
+from ocilayer.windows.saferoot import LayerRoot, clean_layer_name, clean_link_target
 from ocilayer.windows.transport import FILES, RECYCLE_BIN, UTILITY_VM, UTILITY_VM_FILES
 from ocilayer.windows.transport_writer import PendingEntry, new_spool
 
@@ -155,7 +155,7 @@ class BaseLayerWriter:
         """Add `name` as a hard link to `target`, which must already be in the layer."""
         self._finish()
         name = clean_layer_name(name)
-        target = clean_layer_name(target)
+        target = clean_link_target(name, target)
         try:
             self._root.link(target, name)
         except FileNotFoundError:

@@ -4,6 +4,8 @@ A FILETIME counts 100-nanosecond intervals since 1601-01-01 UTC as an unsigned 6
 number. go-winio turns it into a Go time through `x/sys/windows`, whose arithmetic is
 signed 64-bit and wraps on overflow, so FILETIMEs before about 1677 or after about
 2262 wrap to other dates. The conversions here wrap the same way, so the tar bytes match.
+Such a FILETIME does not survive a trip through a tar: it comes back as another value,
+with go-winio as here.
 """
 
 from __future__ import annotations

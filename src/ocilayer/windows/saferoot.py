@@ -50,6 +50,15 @@ def clean_layer_name(name: str) -> str:
     return cleaned
 
 
+def clean_link_target(name: str, target: str) -> str:
+    """Clean a hard link target with clean_layer_name, naming both paths when it is unsafe."""
+    try:
+        return clean_layer_name(target)
+    except UnsafePathError as error:
+        reason = str(error).removeprefix(f"{target!r}: ")
+        raise UnsafePathError(f"invalid hard link {name!r} -> {target!r}: {reason}") from error
+
+
 def has_path_prefix(name: str, prefix: str) -> bool:
     """Return whether `name` is strictly below `prefix` (case-sensitive, as hcsshim compares)."""
     return name.startswith(prefix + "\\")

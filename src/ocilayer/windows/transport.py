@@ -175,18 +175,17 @@ class TransportReader:
 
     def _transport_item(self, name: str, is_dir: bool) -> LayerItem:
         path = self._host_path(name) + (DIRECTORY_SUFFIX if is_dir else "")
+        if not os.path.lexists(path):
+            raise LayerError(f"{path!r} is missing: the metadata of directory {name!r}")
         info = self.host.basic_info(path)
-        try:
-            with open(path, "rb") as handle:
-                prefix = handle.read(ATTRIBUTES_SIZE)
-                if len(prefix) != ATTRIBUTES_SIZE:
-                    raise LayerError(
-                        f"{path!r}: a transport file starts with 4 bytes of attributes; "
-                        f"it has {len(prefix)} bytes"
-                    )
-                size = 0 if is_dir else backup_stream_size(handle, path)
-        except FileNotFoundError:
-            raise LayerError(f"{path!r} is missing: the metadata of directory {name!r}") from None
+        with open(path, "rb") as handle:
+            prefix = handle.read(ATTRIBUTES_SIZE)
+            if len(prefix) != ATTRIBUTES_SIZE:
+                raise LayerError(
+                    f"{path!r}: a transport file starts with 4 bytes of attributes; "
+                    f"it has {len(prefix)} bytes"
+                )
+            size = 0 if is_dir else backup_stream_size(handle, path)
         info = dataclasses.replace(info, attributes=int.from_bytes(prefix, "little"))
 
         def open_stream() -> contextlib.AbstractContextManager[BinaryIO]:

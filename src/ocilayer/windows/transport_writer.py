@@ -34,7 +34,12 @@ from ocilayer.errors import LayerError
 from ocilayer.windows.backupstream import BackupStreamReader, StreamId
 from ocilayer.windows.fileinfo import FileBasicInfo
 from ocilayer.windows.hostfiles import XATTR_BASIC_INFO, restore_backup, set_xattr
-from ocilayer.windows.saferoot import LayerRoot, clean_layer_name, has_path_prefix
+from ocilayer.windows.saferoot import (
+    LayerRoot,
+    clean_layer_name,
+    clean_link_target,
+    has_path_prefix,
+)
 from ocilayer.windows.transport import (
     ATTRIBUTES_SIZE,
     DIRECTORY_SUFFIX,
@@ -90,7 +95,7 @@ class TransportWriter:
         """Add `name` as a hard link to `target`, which this layer added earlier."""
         self._finish()
         name = self._check_new(name)
-        target = clean_layer_name(target)
+        target = clean_link_target(name, target)
 
         def allowed(path: str) -> bool:
             return has_path_prefix(path, FILES) or has_path_prefix(path, UTILITY_VM_FILES)
