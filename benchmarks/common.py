@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,14 +23,55 @@ WRITEDIFF_SOURCE = REPO / "tests" / "go" / "writediff"
 DEBIAN_GOPATH = "/usr/share/gocode"
 
 
-def ocilayer_bin() -> str:
-    """Return the `ocilayer` console script of the running interpreter's environment."""
-    candidate = Path(sys.executable).parent / "ocilayer"
-    if candidate.exists():
-        return str(candidate)
-    raise SystemExit(
-        f"ocilayer is not installed next to {sys.executable}; run benchmarks/setup first"
-    )
+WORKING_TREE = "worktree"
+
+
+@dataclass(frozen=True)
+class Ocilayer:
+    """How to run one version of ocilayer: a commit's `src/` on PYTHONPATH, or the
+    working tree.
+
+    Benchmarks measure a commit by default, because the working tree may hold
+    someone's unfinished change while the numbers are taken.
+    """
+
+    version: str
+    src: Path
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "ocilayer"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=str(self.src))
+
+    @property
+    def shell(self) -> str:
+        """The command as a shell prefix, environment included."""
+        return f"PYTHONPATH={shlex.quote(str(self.src))} {shlex.join(self.argv)}"
+
+
+def ocilayer_at(revision: str, work_dir: Path) -> Ocilayer:
+    """Return ocilayer at a git revision of this repository (or WORKING_TREE).
+
+    A revision's `src/` is extracted with `git archive` under `work_dir/ocilayer/`.
+    The dependencies come from the environment running this script.
+    """
+    if revision == WORKING_TREE:
+        return Ocilayer("working tree", REPO / "src")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", f"{revision}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    target = work_dir / "ocilayer" / commit
+    if not (target / "src").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return Ocilayer(f"commit {commit}", target / "src")
 
 
 def run(command: Sequence[str | os.PathLike[str]], **kwargs: object) -> None:

@@ -15,7 +15,7 @@
 Prints entries, bytes and seconds for each export, and every difference found.
 Exits 1 when the round trip or the comparison finds a difference.
 
-Usage: real_input.py [--work-dir DIR] [--allow-directory-mtimes]
+Usage: real_input.py [--work-dir DIR] [--ocilayer REV] [--allow-directory-mtimes]
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from build_trees import build_base_rootfs, build_next_rootfs
-from common import DEFAULT_WORK_DIR, build_writediff, human_bytes, ocilayer_bin, run
+from common import (
+    DEFAULT_WORK_DIR,
+    WORKING_TREE,
+    Ocilayer,
+    build_writediff,
+    human_bytes,
+    ocilayer_at,
+    run,
+)
 from tarentries import OPAQUE, RawEntry, compare_layers, read_entries_from
 from treecompare import Difference, compare_trees, snapshot_tree
 
@@ -71,12 +79,17 @@ class Report:
 
 
 def _export(
-    tool: str, layer: str, command: list[str | os.PathLike[str]], output: Path, report: Report
+    tool: str,
+    layer: str,
+    command: list[str | os.PathLike[str]],
+    output: Path,
+    report: Report,
+    env: dict[str, str] | None = None,
 ) -> list[RawEntry]:
     """Run one export into `output`, time it, and record its size and entry count."""
     start = time.perf_counter()
     with open(output, "wb") as out:
-        subprocess.run([str(part) for part in command], check=True, stdout=out)
+        subprocess.run([str(part) for part in command], check=True, stdout=out, env=env)
     seconds = time.perf_counter() - start
     entries = read_entries_from(str(output))
     result = ExportResult(tool, layer, len(entries), output.stat().st_size, round(seconds, 3))
@@ -149,13 +162,15 @@ def _listing_warnings(layer: Path) -> str:
     return "\n".join(messages)
 
 
-def check_roundtrip(base: Path, next_tree: Path, out: Path, report: Report) -> None:
+def check_roundtrip(
+    ocilayer: Ocilayer, base: Path, next_tree: Path, out: Path, report: Report
+) -> None:
     """Export base and diff layers (all xattrs), apply both with GNU tar, compare trees."""
-    ocilayer = ocilayer_bin()
     base_tar, diff_tar = out / "base.tar", out / "diff.tar"
-    base_entries = _export("ocilayer", "base", [ocilayer, "export", base], base_tar, report)
+    export = [*ocilayer.argv, "export"]
+    base_entries = _export("ocilayer", "base", [*export, base], base_tar, report, ocilayer.env)
     diff_entries = _export(
-        "ocilayer", "diff", [ocilayer, "export", next_tree, "--parent", base], diff_tar, report
+        "ocilayer", "diff", [*export, next_tree, "--parent", base], diff_tar, report, ocilayer.env
     )
     for layer in (base_tar, diff_tar):
         warnings = _listing_warnings(layer)
@@ -215,14 +230,13 @@ def _record_roundtrip(
 
 
 def check_containerd(
-    base: Path, next_tree: Path, out: Path, work_dir: Path, report: Report
+    ocilayer: Ocilayer, base: Path, next_tree: Path, out: Path, work_dir: Path, report: Report
 ) -> None:
     """Compare ocilayer's layers (capability xattrs only) with containerd's WriteDiff."""
     writediff = build_writediff(work_dir)
     if writediff is None:
         report.containerd["skipped"] = {"differences": ["containerd helper not built"]}
         return
-    ocilayer = ocilayer_bin()
     pairs = {
         "base": (["", base], [base]),
         "diff": ([base, next_tree], [next_tree, "--parent", base]),
@@ -238,9 +252,10 @@ def check_containerd(
         ours = _export(
             "ocilayer",
             layer,
-            [ocilayer, "export", *export_args, "--xattrs", "capability"],
+            [*ocilayer.argv, "export", *export_args, "--xattrs", "capability"],
             out / f"{layer}-capability.tar",
             report,
+            ocilayer.env,
         )
         comparison = compare_layers(ours, theirs)
         report.containerd[layer] = asdict(comparison)
@@ -261,8 +276,17 @@ def main() -> int:
         action="store_true",
         help="pass even when directory mtimes differ that containerd's change rules leave out",
     )
+    parser.add_argument(
+        "--ocilayer",
+        default="HEAD",
+        metavar="REV",
+        help=f"git revision of ocilayer to check (default HEAD; {WORKING_TREE!r} for the "
+        "working tree as it is)",
+    )
     args = parser.parse_args()
     work_dir: Path = args.work_dir.resolve()
+    ocilayer = ocilayer_at(args.ocilayer, work_dir)
+    print(f"ocilayer: {ocilayer.version}")
     base = build_base_rootfs(work_dir)
     next_tree = build_next_rootfs(work_dir, base)
     out = work_dir / "real-input"
@@ -271,8 +295,8 @@ def main() -> int:
     out.mkdir(parents=True)
 
     report = Report(strict=not args.allow_directory_mtimes)
-    check_roundtrip(base, next_tree, out, report)
-    check_containerd(base, next_tree, out, work_dir, report)
+    check_roundtrip(ocilayer, base, next_tree, out, report)
+    check_containerd(ocilayer, base, next_tree, out, work_dir, report)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     print(f"report: {out / 'report.json'}")
     if report.listing_warnings:

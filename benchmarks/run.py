@@ -11,13 +11,15 @@ right after deleting many is several times slower on ext4).
 Peak RSS comes from one more run of each command under `/usr/bin/time -f %M`; for
 a pipeline it is the largest process of the pipeline.
 
-Usage: run.py [--work-dir DIR] [--runs N] [GROUP ...]   (run.py --list shows groups)
+Usage: run.py [--work-dir DIR] [--runs N] [--ocilayer REV] [GROUP ...]
+(run.py --list shows the groups)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -29,7 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from build_trees import build_base_rootfs, build_big_tree, build_next_rootfs, build_small_tree
-from common import DEFAULT_WORK_DIR, REPO, build_writediff, human_bytes, ocilayer_bin, run
+from common import (
+    DEFAULT_WORK_DIR,
+    REPO,
+    WORKING_TREE,
+    Ocilayer,
+    build_writediff,
+    human_bytes,
+    ocilayer_at,
+    run,
+)
 from machine import describe_machine
 
 
@@ -69,6 +80,9 @@ class Result:
     label: str
     line: str
     times: list[float] = field(default_factory=list)
+    # User plus system CPU seconds of each run: less sensitive than wall time to other
+    # work on the machine, but it hides waiting for I/O.
+    cpu_times: list[float] = field(default_factory=list)
     peak_rss_kib: int | None = None
     output_bytes: int | None = None
 
@@ -80,11 +94,12 @@ class Result:
 class Workspace:
     """The work directory: input trees, outputs, extraction targets and the umoci image."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, ocilayer: Ocilayer) -> None:
         self.work_dir = work_dir
+        self.program = ocilayer
         self.out = work_dir / "out"
         self.trash = work_dir / "trash"
-        self.ocilayer = shlex.quote(ocilayer_bin())
+        self.ocilayer = ocilayer.shell
         self.out.mkdir(parents=True, exist_ok=True)
         self.trash.mkdir(parents=True, exist_ok=True)
 
@@ -203,18 +218,24 @@ def ocilayer_apply_line(ws: Workspace) -> tuple[str, str]:
     The `ocilayer apply` command is used when it exists; before it does, a script calls
     the library's `import_layer_from_tar`, the code the command wraps.
     """
-    probe = subprocess.run([ocilayer_bin(), "apply", "--help"], capture_output=True, check=False)
+    program = ws.program
+    probe = subprocess.run(
+        [*program.argv, "apply", "--help"], capture_output=True, check=False, env=program.env
+    )
     if probe.returncode == 0:
         return "ocilayer apply", f"{ws.ocilayer} apply"
     script = shlex.quote(str(REPO / "benchmarks" / "apply_layer.py"))
-    return "ocilayer apply (library API)", f"{shlex.quote(sys.executable)} {script}"
+    python = shlex.quote(sys.executable)
+    return (
+        "ocilayer apply (library API)",
+        f"PYTHONPATH={shlex.quote(str(program.src))} {python} {script}",
+    )
 
 
 def apply_group(ws: Workspace, name: str, title: str, tree: Path) -> Group:
     """Extraction of a layer tar of `tree` into a fresh directory: ocilayer, GNU tar, bsdtar."""
     layer = ws.out / f"{name}-input.tar"
-    if not layer.exists():
-        run([ocilayer_bin(), "export", tree, "-o", layer])
+    run([*ws.program.argv, "export", tree, "-o", layer], env=ws.program.env)
     label, apply_command = ocilayer_apply_line(ws)
     quoted = shlex.quote(str(layer))
     targets = {tool: ws.out / f"{name}-{tool}" for tool in ("ocilayer", "gnutar", "bsdtar")}
@@ -270,8 +291,8 @@ def build_groups(ws: Workspace, names: list[str]) -> list[Group]:
     return [builders[name]() for name in names]
 
 
-def run_round(group: Group, json_path: Path, log: Path) -> list[float]:
-    """Run every command of `group` once under hyperfine; return their wall times."""
+def run_round(group: Group, json_path: Path, log: Path) -> list[tuple[float, float]]:
+    """Run every command of `group` once under hyperfine; return wall and CPU seconds."""
     command = ["hyperfine", "--runs", "1", "--style", "basic", "--export-json", str(json_path)]
     if any(item.prepare for item in group.commands):
         for item in group.commands:
@@ -281,7 +302,10 @@ def run_round(group: Group, json_path: Path, log: Path) -> list[float]:
     with open(log, "a") as out:
         subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
     data = json.loads(json_path.read_text())
-    return [float(result["times"][0]) for result in data["results"]]
+    return [
+        (float(result["times"][0]), float(result["user"]) + float(result["system"]))
+        for result in data["results"]
+    ]
 
 
 def peak_rss_kib(item: Command, scratch: Path) -> int:
@@ -304,12 +328,13 @@ def measure(group: Group, runs: int, ws: Workspace) -> list[Result]:
         scratch = Path(scratch_name)
         for round_number in range(runs + 1):
             times = run_round(group, scratch / "round.json", log)
-            print(f"  {group.name} round {round_number}: "
-                  + ", ".join(f"{t:.2f}" for t in times), file=sys.stderr, flush=True)  # fmt: skip
+            shown = ", ".join(f"{wall:.2f}" for wall, _ in times)
+            print(f"  {group.name} round {round_number}: {shown}", file=sys.stderr, flush=True)
             if round_number == 0:
                 continue
-            for result, seconds in zip(results, times, strict=True):
-                result.times.append(seconds)
+            for result, (wall, cpu) in zip(results, times, strict=True):
+                result.times.append(wall)
+                result.cpu_times.append(cpu)
         for item, result in zip(group.commands, results, strict=True):
             result.peak_rss_kib = peak_rss_kib(item, scratch)
             if item.output is not None and item.output.exists():
@@ -320,8 +345,8 @@ def measure(group: Group, runs: int, ws: Workspace) -> list[Result]:
 def format_tables(groups: list[Group], results: dict[str, list[Result]]) -> str:
     """Render the medians and the ratios as Markdown tables."""
     lines = [
-        "| group | command | median s | min s | max s | runs | peak RSS | output |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| group | command | median s | min s | max s | median CPU s | runs | peak RSS | output |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for group in groups:
         for result in results[group.name]:
@@ -329,7 +354,8 @@ def format_tables(groups: list[Group], results: dict[str, list[Result]]) -> str:
             rss = human_bytes((result.peak_rss_kib or 0) * 1024)
             lines.append(
                 f"| {group.title} | {result.label} | {result.median:.3f} | {min(result.times):.3f}"
-                f" | {max(result.times):.3f} | {len(result.times)} | {rss} | {size} |"
+                f" | {max(result.times):.3f} | {statistics.median(result.cpu_times):.3f}"
+                f" | {len(result.times)} | {rss} | {size} |"
             )
     lines += [
         "",
@@ -364,6 +390,13 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--runs", type=int, default=5, help="timed rounds per group (default 5)")
     parser.add_argument("--list", action="store_true", help="list the groups and exit")
+    parser.add_argument(
+        "--ocilayer",
+        default="HEAD",
+        metavar="REV",
+        help=f"git revision of ocilayer to time (default HEAD; {WORKING_TREE!r} for the "
+        "working tree as it is)",
+    )
     args = parser.parse_args()
     if args.list:
         print("\n".join(GROUP_NAMES))
@@ -374,14 +407,20 @@ def main() -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
-    ws = Workspace(args.work_dir.resolve())
+    work_dir = args.work_dir.resolve()
+    ocilayer = ocilayer_at(args.ocilayer, work_dir)
+    print(f"ocilayer: {ocilayer.version}", file=sys.stderr)
+    ws = Workspace(work_dir, ocilayer)
     groups = build_groups(ws, args.groups or GROUP_NAMES)
     results: dict[str, list[Result]] = {}
+    # Load average after each group: other work on the machine shows up here.
+    loads: dict[str, str] = {}
     try:
         for group in groups:
             print(f"{group.name}: {len(group.commands)} commands, {args.runs} runs",
                   file=sys.stderr, flush=True)  # fmt: skip
             results[group.name] = measure(group, args.runs, ws)
+            loads[group.name] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     finally:
         # Deleting is left to the end: see the module docstring.
         shutil.rmtree(ws.trash, ignore_errors=True)
@@ -389,15 +428,21 @@ def main() -> int:
     tables = format_tables(groups, results)
     machine = describe_machine(ws.work_dir)
     report = {
+        "ocilayer": ocilayer.version,
         "machine": machine,
         "runs": args.runs,
+        "load average after each group": loads,
         "results": {name: [asdict(item) for item in items] for name, items in results.items()},
     }
     (ws.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     (ws.out / "results.md").write_text(tables + "\n")
+    print(f"- ocilayer: {ocilayer.version}")
     print("\n".join(f"- {key}: {value}" for key, value in machine.items()))
     print()
     print(tables)
+    print()
+    print("Load average (1, 5, 15 min) after each group:")
+    print("\n".join(f"- {name}: {load}" for name, load in loads.items()))
     return 0
 
 
