@@ -12,6 +12,7 @@ from ocilayer.errors import TarFormatError
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
     TarHeader,
+    byte_sum,
     encode_header,
     encode_plain_ustar,
     format_pax_record,
@@ -292,3 +293,12 @@ def test_plain_ustar_matches_general_encoder(
     header = TarHeader(name, typeflag, mode, uid, gid, size, mtime * 10**9, linkname=linkname,
                        devmajor=devmajor, devminor=devminor)  # fmt: skip
     assert fast == encode_header(header)
+
+
+@given(st.binary(min_size=512, max_size=512))
+def test_byte_sum_equals_sum(block: bytes) -> None:
+    assert byte_sum(block) == sum(block)
+
+
+def test_byte_sum_of_largest_block() -> None:
+    assert byte_sum(b"\xff" * 512) == 512 * 255
