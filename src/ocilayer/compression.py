@@ -8,22 +8,24 @@ check both codecs with one, two and four threads).
 from __future__ import annotations
 
 import enum
-import gzip
 import io
 import os
 import zlib
 from types import ModuleType
 from typing import BinaryIO, cast
 
-import zstandard
-
 from ocilayer.errors import OcilayerError
 
-igzip_threaded: ModuleType | None
-try:
-    from isal import igzip_threaded
-except ImportError:  # pragma: no cover - isal ships wheels for the supported platforms
-    igzip_threaded = None
+# The codec modules are imported when first used: together they cost about 50 ms of
+# start-up, which a plain tar export never needs.
+
+
+def _isal_threaded() -> ModuleType | None:
+    try:
+        from isal import igzip_threaded
+    except ImportError:  # pragma: no cover - isal ships wheels for the supported platforms
+        return None
+    return igzip_threaded
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -106,8 +108,11 @@ def open_compressor(
     if compression is Compression.NONE:
         return cast(BinaryIO, _Unclosable(raw))
     if compression is Compression.ZSTD:
+        import zstandard
+
         compressor = zstandard.ZstdCompressor(level=level, threads=threads)
         return cast(BinaryIO, compressor.stream_writer(raw, closefd=False))
+    igzip_threaded = _isal_threaded()
     if igzip_threaded is not None:
         # The threaded writer is used even with one thread: its block layout, and so its
         # output, does not depend on the thread count.
@@ -115,6 +120,8 @@ def open_compressor(
             _Unclosable(raw), "wb", compresslevel=_isal_level(level), threads=threads
         )
         return cast(BinaryIO, writer)
+    import gzip
+
     return cast(
         BinaryIO,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0, filename=""),
@@ -204,6 +211,8 @@ def open_decompressor(raw: BinaryIO) -> tuple[BinaryIO, Compression]:
         return io.BufferedReader(_GzipMembers(raw, head), 1 << 16), compression
     source = _Prefixed(head, raw)
     if compression is Compression.ZSTD:
+        import zstandard
+
         reader = zstandard.ZstdDecompressor().stream_reader(
             cast(BinaryIO, source), read_across_frames=True
         )
@@ -253,6 +262,8 @@ class _ZstdErrors(io.RawIOBase):
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        import zstandard
+
         try:
             data = self._reader.read(len(buffer))
         except zstandard.ZstdError as error:
