@@ -342,6 +342,10 @@ def measure(group: Group, runs: int, ws: Workspace) -> list[Result]:
     return results
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def format_tables(groups: list[Group], results: dict[str, list[Result]]) -> str:
     """Render the medians and the ratios as Markdown tables."""
     lines = [
@@ -353,8 +357,9 @@ def format_tables(groups: list[Group], results: dict[str, list[Result]]) -> str:
             size = human_bytes(result.output_bytes) if result.output_bytes is not None else "-"
             rss = human_bytes((result.peak_rss_kib or 0) * 1024)
             lines.append(
-                f"| {group.title} | {result.label} | {result.median:.3f} | {min(result.times):.3f}"
-                f" | {max(result.times):.3f} | {statistics.median(result.cpu_times):.3f}"
+                f"| {group.title} | {_cell(result.label)} | {result.median:.3f}"
+                f" | {min(result.times):.3f} | {max(result.times):.3f}"
+                f" | {statistics.median(result.cpu_times):.3f}"
                 f" | {len(result.times)} | {rss} | {size} |"
             )
     lines += [
@@ -373,8 +378,8 @@ def format_tables(groups: list[Group], results: dict[str, list[Result]]) -> str:
                 size_ratio = f"{ours.output_bytes / peer.output_bytes:.3f}"
             size_target = f"<= {comparison.size_target:.2f}" if comparison.size_target else "-"
             lines.append(
-                f"| {group.title} | {comparison.ours} | {comparison.peer} | {ratio:.2f}x"
-                f" | {target} | {size_ratio} | {size_target} |"
+                f"| {group.title} | {_cell(comparison.ours)} | {_cell(comparison.peer)}"
+                f" | {ratio:.2f}x | {target} | {size_ratio} | {size_target} |"
             )
     if "memory" in results:
         small, large = results["memory"]
