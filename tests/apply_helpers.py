@@ -106,6 +106,20 @@ def tar(*entries: bytes, end: bytes = END_OF_ARCHIVE) -> bytes:
     return b"".join(entries) + end
 
 
+# (offset, width) of the USTAR header fields that tests edit.
+_FIELDS = {"name": (0, 100), "size": (124, 12), "typeflag": (156, 1)}
+
+
+def with_header_field(block: bytes, field: str, value: bytes) -> bytes:
+    """Return a header block with one field replaced and its checksum recomputed."""
+    offset, width = _FIELDS[field]
+    edited = bytearray(block)
+    edited[offset : offset + width] = value.ljust(width, b"\x00")
+    edited[148:156] = b" " * 8
+    edited[148:156] = b"%06o\x00 " % sum(edited)
+    return bytes(edited)
+
+
 def apply(data: bytes, target: Path, *parents: Path, **options: object) -> AppliedLayer:
     """Apply the tar `data` to `target` (parents lowest first, for overlay targets)."""
     return import_layer_from_tar(io.BytesIO(data), target, parents, **options)  # type: ignore[arg-type]

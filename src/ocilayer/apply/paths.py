@@ -228,6 +228,11 @@ class Resolver:
                     target = self._tree.lower_symlink(child)
 
                 if target is None:
+                    if existing is None and pending and pending[0] == b"..":
+                        # A missing name that the next `..` takes back is skipped, as
+                        # containerd's resolver does, instead of created or failed on.
+                        pending.popleft()
+                        continue
                     if not create:
                         return self._give_up(fd, owned)
                     self._tree.make_directory(fd, real, component, existing)

@@ -220,7 +220,12 @@ class TarReader:
 
             header = _parse_block(block, start)
             typeflag = header.typeflag
-            if typeflag in (_PAX_HEADER, _PAX_GLOBAL, _GNU_LONG_NAME, _GNU_LONG_LINK):
+            if typeflag == _PAX_GLOBAL:
+                # Extended headers before a global header describe the global header.
+                self._read_special(header)
+                pax, long_name, long_link, extended = {}, None, None, False
+                continue
+            if typeflag in (_PAX_HEADER, _GNU_LONG_NAME, _GNU_LONG_LINK):
                 data = self._read_special(header)
                 extended = True
                 if typeflag == _PAX_HEADER:
