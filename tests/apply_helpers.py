@@ -120,9 +120,9 @@ def with_header_field(block: bytes, field: str, value: bytes) -> bytes:
     return bytes(edited)
 
 
-def apply(data: bytes, target: Path, *parents: Path, **options: object) -> AppliedLayer:
-    """Apply the tar `data` to `target` (parents lowest first, for overlay targets)."""
-    return import_layer_from_tar(io.BytesIO(data), target, parents, **options)  # type: ignore[arg-type]
+def apply(data: bytes, root: Path, *parents: Path, **options: object) -> AppliedLayer:
+    """Apply the tar `data` to `root` (parents lowest first, for overlay targets)."""
+    return import_layer_from_tar(io.BytesIO(data), root, parents, **options)  # type: ignore[arg-type]
 
 
 def listing(root: Path, *, owners: bool = False) -> dict[str, str]:

@@ -21,8 +21,10 @@ mount option) for a rootless apply or without CAP_MKNOD.
 
 Directories that the layer needs but does not list are created with the owner, mode,
 times and xattrs of the same directory in the parent layers, so the merged view does
-not change (containerd does the same). Without parent layers they get 0755 and 0:0,
-and whiteouts are always created, because the applier cannot tell what they hide.
+not change (containerd does the same); others get 0755 and 0:0. A whiteout for a path
+that the parent layers do not show is left out, with the directories created for it.
+Without parent layers the applier cannot tell what a whiteout hides, so every
+whiteout is created, with its parent directories.
 Paths are resolved in the merged view: a symlink of the parent layers is followed
 (inside the root) as it would be on the mounted overlay. A hardlink to a file of the
 parent layers first copies that file up, as overlayfs does on link(2).
@@ -36,7 +38,7 @@ import stat
 from ocilayer.apply.applier import Applier, ApplyOptions, Origin
 from ocilayer.apply.lower import LowerFile, LowerView, Visibility
 from ocilayer.apply.metadata import copy_xattrs, proc_path
-from ocilayer.apply.paths import Location, lstat_at
+from ocilayer.apply.paths import Location, lstat_at, open_real_directory
 from ocilayer.entry import Entry, parent_of
 
 WHITEOUT_DEVICE = os.makedev(0, 0)
@@ -63,6 +65,8 @@ class OverlayApplier(Applier):
         self.xwhiteouts = xwhiteouts
         # Directories whose lower contents this layer hides: opaque ones and new ones.
         self.opaque_dirs: set[bytes] = set()
+        # Directories created while the current whiteout is resolved.
+        self._new_directories: list[bytes] | None = None
 
     # Looking below
 
@@ -96,6 +100,8 @@ class OverlayApplier(Applier):
     def initialise_directory(
         self, dir_fd: int, path: bytes, name: bytes, replaced: os.stat_result | None
     ) -> None:
+        if self._new_directories is not None:
+            self._new_directories.append(path)
         visibility, found = self.lower_lookup(path)
         try:
             if replaced is None and found is not None and stat.S_ISDIR(found.stat.st_mode):
@@ -136,22 +142,60 @@ class OverlayApplier(Applier):
     # Whiteouts
 
     def whiteout(self, entry: Entry) -> None:
+        self._new_directories = []
+        try:
+            if not self._whiteout(entry):
+                self._remove_new_directories()
+        finally:
+            self._new_directories = None
+
+    def _whiteout(self, entry: Entry) -> bool:
+        """Apply a whiteout; return False when it changed nothing that must stay."""
         location = self.resolver.resolve_parent(entry.path, create=True, whiteout=True)
         if location is None:
-            return
+            return False
         path = location.path
         origin = self.layer_paths.get(path)
         if origin is not None:
             # The layer's own file stays; a directory of the layer must hide the lower one.
             if origin is not Origin.OTHER:
                 self.set_opaque(location.dir_fd, location.name, path)
-            return
+            return True
         if self.hidden_by_layer(path):
-            return
+            return False
         existing = lstat_at(location.dir_fd, location.name)
         if existing is not None:
             self.remove(location.dir_fd, location.name, existing)
+        if not self._hides_something(path):
+            return existing is not None
         self.make_whiteout(location.dir_fd, location.name)
+        return True
+
+    def _hides_something(self, path: bytes) -> bool:
+        """Return whether a whiteout at `path` hides a file of the parent layers.
+
+        Without parent layers nothing is known, so every whiteout is kept.
+        """
+        if not self.lower:
+            return True
+        visibility, found = self.lower_lookup(path)
+        if found is not None:
+            found.close()
+        return visibility is Visibility.FOUND
+
+    def _remove_new_directories(self) -> None:
+        """Remove the directories created for a whiteout that turned out to hide nothing."""
+        for path in reversed(self._new_directories or []):
+            parent_fd = open_real_directory(self.root_fd, parent_of(path))
+            if parent_fd is None:
+                continue
+            try:
+                os.rmdir(path[path.rfind(b"/") + 1 :], dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
+            self.layer_paths.pop(path, None)
+            self.opaque_dirs.discard(path)
+        self.resolver.invalidate()
 
     def make_whiteout(self, dir_fd: int, name: bytes) -> None:
         if not self.xwhiteouts:
