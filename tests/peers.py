@@ -310,15 +310,14 @@ def gnu_tar_list(tar_bytes: bytes) -> list[bytes]:
     return [unescape_listing_name(line) for line in output.splitlines()]
 
 
-# libarchive converts PAX names from UTF-8 to the locale's charset and warns for
-# each path or link name that is not valid UTF-8, although Go writes such names raw.
-_BSDTAR_CONVERSION = re.compile(
-    rb"bsdtar: (Pathname|Linkname) can't be converted from UTF-8 to current locale\."
-)
-_BSDTAR_DELAYED = re.compile(rb"bsdtar: Error exit delayed from previous errors\.")
-
-
 def _non_utf8_names(tar_bytes: bytes) -> tuple[int, int]:
+    """Count the "Pathname" and "Linkname" conversion warnings bsdtar gives for a tar.
+
+    libarchive converts PAX names from UTF-8 to the locale's charset and warns once per
+    header whose path name, or else whose link name, is not valid UTF-8, although Go
+    writes such names as raw bytes.
+    """
+
     def invalid(value: bytes) -> bool:
         try:
             value.decode("utf-8")
@@ -326,7 +325,6 @@ def _non_utf8_names(tar_bytes: bytes) -> tuple[int, int]:
             return True
         return False
 
-    # libarchive reports one failed conversion per header: the path name's if it fails.
     entries = split_tar(tar_bytes).entries
     bad_names = sum(invalid(entry.name) for entry in entries)
     bad_links = sum(invalid(entry.linkname) and not invalid(entry.name) for entry in entries)
@@ -340,18 +338,25 @@ def bsdtar_list(tar_bytes: bytes) -> list[bytes]:
     once for each entry whose path name or link name is not valid UTF-8.
     """
     bsdtar = _require("bsdtar", "libarchive-tools")
-    bad_names, bad_links = _non_utf8_names(tar_bytes)
-    allowed = (_BSDTAR_CONVERSION, _BSDTAR_DELAYED) if bad_names or bad_links else ()
     result = subprocess.run(
         [bsdtar, "-t", "-f", "-"], input=tar_bytes, capture_output=True, env=_c_locale("C.UTF-8")
     )
+    expected_stderr: list[bytes] = []
+    expected_status = 0
+    if result.stderr:
+        try:
+            bad_names, bad_links = _non_utf8_names(tar_bytes)
+        except ValueError:
+            bad_names = bad_links = 0
+        expected_stderr = [
+            b"bsdtar: Pathname can't be converted from UTF-8 to current locale."
+        ] * bad_names + [
+            b"bsdtar: Linkname can't be converted from UTF-8 to current locale."
+        ] * bad_links
+        if expected_stderr:
+            expected_stderr.append(b"bsdtar: Error exit delayed from previous errors.")
+            expected_status = 1
     stderr = result.stderr.splitlines()
-    expected_stderr = (
-        [b"bsdtar: Pathname can't be converted from UTF-8 to current locale."] * bad_names
-        + [b"bsdtar: Linkname can't be converted from UTF-8 to current locale."] * bad_links
-        + ([b"bsdtar: Error exit delayed from previous errors."] if allowed else [])
-    )
-    expected_status = 1 if allowed else 0
     if sorted(stderr) != sorted(expected_stderr) or result.returncode != expected_status:
         raise AssertionError(
             f"bsdtar -t exited with status {result.returncode} (expected {expected_status}) "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 # 2020-09-13T12:26:40Z: a fixed default keeps every tree, and so every tar, reproducible.
 DEFAULT_MTIME_NS = 1_600_000_000 * 10**9
@@ -86,7 +86,9 @@ class Socket:
 
 
 Node = File | Dir | Symlink | Hardlink | Fifo | Device | Socket
-TreeSpec = Mapping[str | bytes, Node] | Mapping[bytes, Node] | Mapping[str, Node]
+# Keys are str or bytes paths. Mapping's key type is invariant, so only Any lets a
+# dict[str, File] and a dict[bytes, Node] both pass as a spec.
+TreeSpec = Mapping[Any, Node]
 
 
 def to_bytes(path: str | bytes) -> bytes:
