@@ -256,6 +256,18 @@ def test_directory_over_directory_keeps_children_and_takes_metadata(tmp_path: Pa
     assert os.lstat(root / "d").st_mtime_ns == T1
 
 
+def test_directory_over_directory_replaces_xattrs(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    label = b"system_u:object_r:container_file_t:s0\x00"
+    old = {b"user.old": b"1", b"user.both": b"old", b"security.selinux": label}
+    apply(tar(directory("d/", xattrs=old)), root)
+    apply(tar(directory("d/", xattrs={b"user.both": b"new", b"user.added": b"2"})), root)
+    assert get_xattr(root / "d", b"user.old") is None
+    assert get_xattr(root / "d", b"user.both") == b"new"
+    assert get_xattr(root / "d", b"user.added") == b"2"
+    assert get_xattr(root / "d", b"security.selinux") == label
+
+
 def test_file_over_file_is_a_new_inode(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(file("f", "old"), hardlink("g", "f")), root)

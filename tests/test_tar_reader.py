@@ -266,14 +266,24 @@ def test_binary_xattr_values_stay_bytes() -> None:
     assert dict(item.xattrs) == {b"security.capability": CAPABILITY}
 
 
-def test_libarchive_xattrs_fill_gaps() -> None:
+def test_libarchive_xattr_records() -> None:
     records = {
-        b"LIBARCHIVE.xattr.user.only%20here": b"dmFsdWU=",
-        b"LIBARCHIVE.xattr.user.both": b"b3RoZXI=",
-        b"SCHILY.xattr.user.both": b"schily",
+        b"LIBARCHIVE.xattr.user.only%20here": b"dmFsdWU",
+        b"LIBARCHIVE.xattr.user.%C3%BCn%C3%AF": b"dg==",
+        b"SCHILY.xattr.user.%C3%BCn%C3%AF": b"v",
+        b"SCHILY.xattr.user.literal%41": b"kept",
     }
     ((item, _),) = read_all(tar(entry("f", pax=records)))
-    assert dict(item.xattrs) == {b"user.only here": b"value", b"user.both": b"schily"}
+    assert dict(item.xattrs) == {
+        b"user.literal%41": b"kept",
+        b"user.only here": b"value",
+        "user.\u00fcn\u00ef".encode(): b"v",
+    }
+
+
+def test_invalid_base64_xattr_value_is_an_error() -> None:
+    with pytest.raises(TarFormatError, match="invalid base64 xattr value"):
+        read_all(tar(entry("f", pax={b"LIBARCHIVE.xattr.user.a": b"!!"})))
 
 
 def test_old_regular_type_with_slash() -> None:

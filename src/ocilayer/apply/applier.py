@@ -3,7 +3,10 @@
 Rules, in the words of the OCI image spec where it has them:
 
 - An entry replaces whatever is at its path, except that a directory over a directory
-  is kept and gets the entry's metadata.
+  is kept and gets the entry's metadata, xattrs included: xattrs the entry does not
+  carry are removed (but SELinux labels and NFSv4 ACLs stay). containerd only adds
+  xattrs here, so a layer from a writer that carries only `security.capability`
+  removes user xattrs from the directories it lists.
 - Every non-directory is created under a temporary name in its directory, gets its
   content and metadata there, and is then renamed over the old path, so a failed or
   cancelled apply never leaves a half-written file where a good one was. Temporary
@@ -205,12 +208,13 @@ class Applier:
     ) -> None:
         dir_fd, name = location.dir_fd, location.name
         mode = entry.mode | 0o700 if self.options.rootless else entry.mode
-        if existing is None or not stat.S_ISDIR(existing.st_mode):
+        merged = existing is not None and stat.S_ISDIR(existing.st_mode)
+        if not merged:
             if existing is not None:
                 self.remove(dir_fd, name, existing)
             os.mkdir(name, 0o700, dir_fd=dir_fd)
             self.directory_created(location, existing)
-        self.metadata.apply_at(dir_fd, name, entry, mode=mode)
+        self.metadata.apply_at(dir_fd, name, entry, mode=mode, replace_xattrs=merged)
         atime, mtime = entry_times(entry)
         self.directory_times.append((location.path, atime, mtime, entry.mode))
 

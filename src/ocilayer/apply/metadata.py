@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable
 
 from ocilayer.entry import Entry, FileType
+from ocilayer.xattrs import is_host_specific
 
 logger = logging.getLogger("ocilayer.apply")
 
@@ -72,22 +73,57 @@ class MetadataWriter:
         os.fchmod(fd, entry.mode)
         os.utime(fd, ns=entry_times(entry))
 
-    def apply_at(self, dir_fd: int, name: bytes, entry: Entry, *, mode: int | None = None) -> None:
+    def apply_at(
+        self,
+        dir_fd: int,
+        name: bytes,
+        entry: Entry,
+        *,
+        mode: int | None = None,
+        replace_xattrs: bool = False,
+    ) -> None:
         """Set the metadata of `name` in `dir_fd` without following it.
 
         `mode` overrides the entry's mode (the applier keeps directories writable
-        until the end of a rootless apply).
+        until the end of a rootless apply). With `replace_xattrs`, xattrs that the
+        entry does not carry are removed first, except host-specific ones.
         """
         if not self.rootless:
             uid, gid = checked_ids(entry)
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
         path = proc_path(dir_fd, name)
+        if replace_xattrs:
+            self._remove_other_xattrs(path, entry)
         for key, value in self._xattrs(entry):
             self._set_xattr(path, key, value, entry)
         if entry.type is not FileType.SYMLINK:
             os.chmod(name, entry.mode if mode is None else mode, dir_fd=dir_fd,
                      follow_symlinks=False)  # fmt: skip
         os.utime(name, ns=entry_times(entry), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _remove_other_xattrs(self, path: bytes, entry: Entry) -> None:
+        """Remove the xattrs of `path` that `entry` does not carry.
+
+        SELinux labels, NFSv4 ACLs and overlay xattrs stay: they belong to the host or
+        to overlayfs, and no layer carries them.
+        """
+        for key in os.listxattr(path, follow_symlinks=False):
+            name = os.fsencode(key)
+            if name in entry.xattrs or is_host_specific(name):
+                continue
+            try:
+                os.removexattr(path, key, follow_symlinks=False)
+            except OSError as error:
+                if error.errno == errno.ENODATA:
+                    continue
+                if not self._tolerable(error, name, entry):
+                    raise
+                self.warn(
+                    "kept xattr",
+                    name,
+                    f"entry {entry.path!r}: could not remove xattr {name!r} "
+                    f"({os.strerror(error.errno or 0)}); kept",
+                )
 
     def _xattrs(self, entry: Entry) -> Iterable[tuple[bytes, bytes]]:
         """Yield the xattrs to set, `security.capability` last."""

@@ -485,6 +485,16 @@ def _parse_pax_time(value: bytes, key: bytes, offset: int) -> int:
     return -nanoseconds if sign else nanoseconds
 
 
+def _decode_base64(value: bytes, offset: int) -> bytes:
+    """Decode base64 with or without its `=` padding (libarchive leaves it out)."""
+    try:
+        return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+    except ValueError:
+        raise TarFormatError(
+            f"PAX header at offset {offset} has an invalid base64 xattr value {value!r}"
+        ) from None
+
+
 def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
     offset = header.offset
     libarchive_xattrs: dict[bytes, bytes] = {}
@@ -508,15 +518,7 @@ def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
         elif key.startswith(b"SCHILY.xattr."):
             header.xattrs[key[len(b"SCHILY.xattr.") :]] = value
         elif key.startswith(b"LIBARCHIVE.xattr."):
-            # bsdtar writes each xattr twice: SCHILY with the raw value, and this one
-            # with a URL-encoded name and a base64 value. SCHILY wins when both exist.
-            name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr.") :])
-            try:
-                libarchive_xattrs[name] = base64.b64decode(value, validate=True)
-            except ValueError:
-                raise TarFormatError(
-                    f"PAX header at offset {offset} has an invalid {key!r} record"
-                ) from None
+            libarchive_xattrs[key[len(b"LIBARCHIVE.xattr.") :]] = _decode_base64(value, offset)
         elif key == b"SCHILY.devmajor":
             header.devmajor = _parse_pax_int(value, key, offset)
         elif key == b"SCHILY.devminor":
@@ -526,8 +528,12 @@ def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
                 f"entry {header.name!r} at offset {offset} is a GNU sparse file, "
                 "which is not supported"
             )
-    for name, value in libarchive_xattrs.items():
-        header.xattrs.setdefault(name, value)
+    # bsdtar writes every xattr twice: `LIBARCHIVE.xattr.<name>` with a URL-encoded name
+    # and a base64 value, and `SCHILY.xattr.<name>` with the same encoded name (in the C
+    # locale) and the raw value. The pair stands for one xattr with the decoded name.
+    for encoded, value in libarchive_xattrs.items():
+        header.xattrs.pop(encoded, None)
+        header.xattrs[urllib.parse.unquote_to_bytes(encoded)] = value
     for label, text in ((b"path", header.name), (b"linkpath", header.linkname)):
         if b"\x00" in text:
             raise TarFormatError(f"PAX {label.decode()} record at offset {offset} contains NUL")
