@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ocilayer import __version__
-from ocilayer.cli import export_command
+from ocilayer.cli import apply_command, export_command
 from ocilayer.errors import Cancelled, OcilayerError
 
 log = logging.getLogger("ocilayer")
@@ -30,7 +30,7 @@ class UsageError(Exception):
 Runner = Callable[[argparse.Namespace], int]
 
 # Each subcommand module has add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = [export_command]
+SUBCOMMANDS = [export_command, apply_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,117 @@
+"""`ocilayer apply`: apply a layer tar to a root filesystem or an overlay upper directory."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ocilayer.apply import import_layer_from_tar
+from ocilayer.errors import Cancelled
+
+STDIN = "-"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "apply",
+        help="apply a layer tar to a directory",
+        description=(
+            "Apply LAYER_TAR (plain, gzip or zstd, detected from its first bytes) to "
+            "TARGET. A rootfs target holds the lower layers already, so whiteouts delete "
+            "from it; an overlay target is an overlayfs upper directory, where whiteouts "
+            "become whiteout devices and opaque xattrs. Nothing is ever written outside "
+            "TARGET: names that climb out with '..' are rejected, and symlinks that point "
+            "out are followed inside TARGET. If the apply fails or is interrupted, TARGET "
+            "is partly applied and should be discarded."
+        ),
+    )
+    parser.add_argument("layer", metavar="LAYER_TAR", help="the layer tar; '-' for stdin")
+    parser.add_argument("target", metavar="TARGET", help="the directory to apply to")
+    parser.add_argument(
+        "--target",
+        dest="kind",
+        choices=["rootfs", "overlay"],
+        default="rootfs",
+        help="what TARGET is: rootfs (default; a tree holding the lower layers) or overlay "
+        "(an overlayfs upper directory, with the lower layers given by --parent)",
+    )
+    parser.add_argument(
+        "--parent",
+        action="append",
+        default=[],
+        metavar="LOWER",
+        help="with --target overlay: a lower layer directory; repeat for each, lowest first",
+    )
+    parser.add_argument(
+        "--rootless",
+        action="store_true",
+        help="apply no file owners, skip xattrs that need privileges, and write overlay "
+        "whiteouts and opaque markers as user.overlay.* xattrs",
+    )
+    parser.add_argument(
+        "--skip-devices",
+        action="store_true",
+        help="skip device nodes that cannot be created without CAP_MKNOD, with a warning, "
+        "instead of failing",
+    )
+    parser.add_argument(
+        "--diff-id",
+        metavar="DIGEST",
+        help="fail unless the uncompressed tar stream has this digest (sha256:<hex>)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the diffID, the compression and the file bytes written as JSON on stdout",
+    )
+    parser.set_defaults(run=run)
+
+
+@contextlib.contextmanager
+def _open_layer(name: str) -> Iterator[BinaryIO]:
+    if name == STDIN:
+        yield sys.stdin.buffer
+    else:
+        with open(name, "rb") as layer:
+            yield layer
+
+
+def run(args: argparse.Namespace) -> int:
+    from ocilayer.cli import EXIT_INTERRUPTED, EXIT_OK, UsageError
+
+    if args.parent and args.kind != "overlay":
+        raise UsageError("--parent needs --target overlay; a rootfs target holds its lowers")
+    if args.layer == STDIN and sys.stdin.isatty():
+        raise UsageError("refusing to read a tar from a terminal; give a file or a pipe")
+    if args.diff_id is not None and not args.diff_id.startswith("sha256:"):
+        raise UsageError(f"--diff-id {args.diff_id!r} is not a sha256:<hex> digest")
+
+    try:
+        with _open_layer(args.layer) as layer:
+            result = import_layer_from_tar(
+                layer,
+                args.target,
+                args.parent,
+                target=args.kind,
+                rootless=args.rootless,
+                skip_devices=args.skip_devices,
+                expected_diff_id=args.diff_id,
+            )
+    except (KeyboardInterrupt, Cancelled):
+        print(
+            f"ocilayer: interrupted; {args.target} is partly applied, so discard it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if args.json:
+        report = {
+            "diffID": result.diff_id,
+            "compression": result.compression.value,
+            "size": result.size,
+        }
+        print(json.dumps(report, indent=2))
+    return EXIT_OK

@@ -1,0 +1,128 @@
+"""The `ocilayer apply` command: inputs, targets, exit statuses and messages."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apply_helpers import directory, file, get_xattr, listing, tar, whiteout
+
+OCILAYER = [sys.executable, "-m", "ocilayer"]
+LAYER = tar(directory("etc/"), file("etc/hosts", "127.0.0.1 localhost\n"))
+
+pytestmark = pytest.mark.usefixtures("as_root")
+
+
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*OCILAYER, *args], input=stdin, capture_output=True, check=False)
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_apply_file_prints_nothing(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes(gzip.compress(LAYER, mtime=0))
+    result = run("apply", str(layer), str(tmp_path / "root"))
+    assert result.returncode == 0
+    assert result.stdout == b""
+    assert result.stderr == b""
+    assert listing(tmp_path / "root") == {
+        "etc": "d 755",
+        "etc/hosts": "f 644 '127.0.0.1 localhost\\n'",
+    }
+
+
+def test_apply_from_stdin_with_json(tmp_path: Path) -> None:
+    result = run("apply", "-", str(tmp_path / "root"), "--json", stdin=LAYER)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"diffID": sha256(LAYER), "compression": "none", "size": 20}
+    assert listing(tmp_path / "root")["etc/hosts"] == "f 644 '127.0.0.1 localhost\\n'"
+
+
+def test_overlay_target_with_parents(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    assert run("apply", "-", str(lower), "--target", "overlay", stdin=LAYER).returncode == 0
+    upper = tmp_path / "upper"
+    layer = tar(
+        whiteout("etc/.wh.hosts"), whiteout("etc/.wh.missing"), whiteout("etc/.wh..wh..opq")
+    )
+    result = run(
+        "apply", "-", str(upper), "--target", "overlay", "--parent", str(lower), stdin=layer
+    )
+    assert result.returncode == 0, result.stderr
+    assert listing(upper) == {"etc": "d 755"}
+    assert get_xattr(upper / "etc", b"trusted.overlay.opaque") == b"y"
+
+
+def test_diff_id_mismatch_fails(tmp_path: Path) -> None:
+    result = run("apply", "-", str(tmp_path / "root"), "--diff-id", sha256(b"x"), stdin=LAYER)
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: wrong diff_id: expected {sha256(b'x')}, the layer's tar stream has "
+        f"{sha256(LAYER)}; the layer is corrupt or is not the one the image names, so "
+        "discard the target\n"
+    )
+
+
+def test_unsafe_entry_fails_naming_it(tmp_path: Path) -> None:
+    layer = tar(file("ok", "1"), file("a/../../escape", "x"))
+    result = run("apply", "-", str(tmp_path / "root"), stdin=layer)
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        "ocilayer: error: entry b'a/../../escape': '..' climbs above the layer root (offset 1024)\n"
+    )
+    assert listing(tmp_path) == {"root": "d 755", "root/ok": "f 644 '1'"}
+
+
+def test_missing_layer_file_fails(tmp_path: Path) -> None:
+    result = run("apply", str(tmp_path / "nope.tar"), str(tmp_path / "root"))
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("ocilayer: error: [Errno 2] No such file")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--parent", "/lower"], "--parent needs --target overlay"),
+        (["--diff-id", "md5:0"], "is not a sha256:<hex> digest"),
+        (["--target", "zfs"], "invalid choice: 'zfs'"),
+    ],
+)
+def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run("apply", "-", str(tmp_path / "root"), *args, stdin=LAYER)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+    assert not (tmp_path / "root").exists()
+
+
+def test_interrupt_exits_130_and_keeps_whole_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert run("apply", "-", str(root), stdin=tar(file("big", "old"))).returncode == 0
+    big = file("big", b"n" * (1 << 20))
+    process = subprocess.Popen(
+        [*OCILAYER, "apply", "-", str(root)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None
+    process.stdin.write(big[: 512 + 4096])
+    process.stdin.flush()
+    time.sleep(1.0)
+    assert process.poll() is None, "the apply finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.decode() == f"ocilayer: interrupted; {root} is partly applied, so discard it\n"
+    assert listing(root) == {"big": "f 644 'old'"}
+    assert os.listdir(root) == ["big"]
