@@ -335,3 +335,11 @@ def test_writer_does_not_follow_links(tmp_path: Path) -> None:
         add(layer, "Files\\escape\\file", FILE)
     layer.abort()
     assert list(outside.iterdir()) == []
+
+
+def test_whiteout_prefixed_name_rejected(tmp_path: Path) -> None:
+    minimal_folder(tmp_path)
+    data_file(tmp_path / "Files/.wh.secret")
+    (tmp_path / "tombstones.txt").write_bytes(tombstones())
+    with pytest.raises(LayerError, match="would be read as a whiteout"):
+        export_windows_layer(io.BytesIO(), tmp_path)

@@ -82,6 +82,12 @@ def write_tar_from_layer(
         if item.info is None:
             tar.write_header(whiteout_header(item.name))
             continue
+        if item.name.rpartition("\\")[2].startswith(WHITEOUT_PREFIX):
+            # hcsshim writes such a file as it is, and every importer then deletes a path.
+            raise LayerError(
+                f"{item.name!r}: a file name that starts with '.wh.' would be read as a "
+                "whiteout when the layer is applied; rename or remove it before exporting"
+            )
         if item.link is not None and item.link.link_count > 1:
             first = first_names.get(item.link.file_id)
             if first is not None:
