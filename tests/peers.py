@@ -1,8 +1,9 @@
 """Real peers that check ocilayer's tars: Go's archive/tar, containerd, GNU tar and bsdtar.
 
-Every helper runs the real tool and fails loudly: a missing tool raises
-`ToolMissingError` naming the Debian package to install, and a tool that exits
-non-zero or writes anything to stderr raises `AssertionError` with its output.
+Every helper runs the real tool and fails loudly. A missing tool raises
+`ToolMissingError`, which names the Debian package to install. A tool that exits
+non-zero or writes anything to stderr raises `AssertionError` with its output,
+unless the caller allowed that exact warning.
 
 The Go helpers under `tests/go/` are built once per process with Debian's Go
 toolchain and Go sources (`GO111MODULE=off`, `GOPATH=/usr/share/gocode`).
@@ -34,9 +35,10 @@ from rawtar import (
 from trees import assert_trees_equal, build_tree
 
 __all__ = [
+    "GNU_TAR_OLD_TIMESTAMP",
     "GNU_TAR_TIMESTAMP_WARNINGS",
+    "GNU_TAR_UNKNOWN_KEYWORD",
     "GO_PACKAGES",
-    "TAR_PACKAGES",
     "GoHeader",
     "ToolMissingError",
     "assert_matches_containerd",
@@ -59,7 +61,7 @@ GO_SOURCES = Path(__file__).parent / "go"
 CONTAINERD_ARCHIVE = GOPATH / "src/github.com/containerd/containerd/archive"
 
 # Debian packages the Go helpers build from. containerd's archive package imports
-# continuity, logrus, x/sys and x/sync; the containerd package depends on them already.
+# continuity, logrus, x/sys and x/sync, which the containerd package depends on.
 GO_PACKAGES = (
     "golang-go",
     "golang-github-containerd-containerd-dev",
@@ -68,7 +70,6 @@ GO_PACKAGES = (
     "golang-golang-x-sys-dev",
     "golang-golang-x-sync-dev",
 )
-TAR_PACKAGES = ("tar", "libarchive-tools")
 
 
 class ToolMissingError(RuntimeError):
@@ -84,10 +85,11 @@ class ToolMissingError(RuntimeError):
 _build_lock = threading.Lock()
 _build_dir: Path | None = None
 _built: dict[str, Path] = {}
+_build_seconds: dict[str, float] = {}
 
 
 def set_go_build_dir(path: Path) -> None:
-    """Choose where the Go helpers are built; the first build in this process uses it."""
+    """Set the folder that this process builds the Go helpers into (before the first build)."""
     global _build_dir
     _build_dir = path
 
@@ -120,8 +122,9 @@ def build_go_helper(name: str) -> Path:
             **os.environ,
             "GO111MODULE": "off",
             "GOPATH": str(GOPATH),
+            # A developer's GOFLAGS (such as -mod=vendor) would break a GOPATH build.
             "GOFLAGS": "",
-            # Without cgo the build needs no C compiler; os/user falls back to pure Go.
+            # Without cgo the build needs no C compiler, and os/user falls back to pure Go.
             "CGO_ENABLED": "0",
             "GOCACHE": str(go_cache_dir()),
         }
@@ -141,9 +144,6 @@ def build_go_helper(name: str) -> Path:
         _build_seconds[name] = time.monotonic() - started
         _built[name] = binary
         return binary
-
-
-_build_seconds: dict[str, float] = {}
 
 
 def go_build_seconds() -> dict[str, float]:
@@ -267,6 +267,15 @@ def assert_matches_containerd(tar_bytes: bytes, lower: Path | None, upper: Path)
 
 # GNU tar and bsdtar.
 
+# GNU tar warns when it extracts an mtime before 1970 or after the current time, and
+# when it lists or extracts a PAX key it does not know (MSWINDOWS.*, LIBARCHIVE.*).
+GNU_TAR_OLD_TIMESTAMP = re.compile(rb"(.*/)?tar: .*: implausibly old time stamp .*")
+GNU_TAR_FUTURE_TIMESTAMP = re.compile(rb"(.*/)?tar: .*: time stamp .* s in the future")
+GNU_TAR_TIMESTAMP_WARNINGS = (GNU_TAR_OLD_TIMESTAMP, GNU_TAR_FUTURE_TIMESTAMP)
+GNU_TAR_UNKNOWN_KEYWORD = re.compile(
+    rb"(.*/)?tar: Ignoring unknown extended header keyword '[^']*'"
+)
+
 _ESCAPES = {b"a": 7, b"b": 8, b"f": 12, b"n": 10, b"r": 13, b"t": 9, b"v": 11}
 _ESCAPE = re.compile(rb"\\([0-7]{1,3}|.)", re.DOTALL)
 
@@ -302,11 +311,16 @@ def _c_locale(name: str = "C") -> dict[str, str]:
     return {**os.environ, "LC_ALL": name, "LANG": name}
 
 
-def gnu_tar_list(tar_bytes: bytes) -> list[bytes]:
-    """Return the entry names GNU tar lists, failing on any warning or error."""
-    output = run_tool(
-        [_gnu_tar(), "--list", "--file=-", "--quoting-style=escape"], tar_bytes, env=_c_locale()
-    )
+def gnu_tar_list(
+    tar_bytes: bytes, *, allowed_warnings: Sequence[re.Pattern[bytes]] = ()
+) -> list[bytes]:
+    """Return the entry names GNU tar lists, failing on any error or warning.
+
+    `allowed_warnings` lists the warnings to accept, for example
+    `GNU_TAR_UNKNOWN_KEYWORD` for Windows layers, whose PAX keys GNU tar does not know.
+    """
+    argv = [_gnu_tar(), "--list", "--file=-", "--quoting-style=escape"]
+    output = run_tool(argv, tar_bytes, env=_c_locale(), allowed_stderr=allowed_warnings)
     return [unescape_listing_name(line) for line in output.splitlines()]
 
 
@@ -365,11 +379,6 @@ def bsdtar_list(tar_bytes: bytes) -> list[bytes]:
     return [unescape_listing_name(line) for line in result.stdout.splitlines()]
 
 
-# GNU tar warns when it extracts an mtime before 1970 or after the current time.
-GNU_TAR_OLD_TIMESTAMP = re.compile(rb"(.*/)?tar: .*: implausibly old time stamp .*")
-GNU_TAR_FUTURE_TIMESTAMP = re.compile(rb"(.*/)?tar: .*: time stamp .* s in the future")
-GNU_TAR_TIMESTAMP_WARNINGS = (GNU_TAR_OLD_TIMESTAMP, GNU_TAR_FUTURE_TIMESTAMP)
-
 _GNU_TAR_EXTRACT_OPTIONS = (
     "--extract",
     "--file=-",
@@ -392,7 +401,7 @@ def gnu_tar_extract(
     """
     dest.mkdir(parents=True, exist_ok=True)
     argv = [_gnu_tar(), *_GNU_TAR_EXTRACT_OPTIONS, f"--directory={dest}"]
-    run_tool(argv, tar_bytes, env=_c_locale(), allowed_stderr=allowed_warnings, allowed_exit=0)
+    run_tool(argv, tar_bytes, env=_c_locale(), allowed_stderr=allowed_warnings)
 
 
 def gnu_tar_apply_layer(
@@ -400,7 +409,7 @@ def gnu_tar_apply_layer(
 ) -> None:
     """Apply a layer tar onto the tree at `dest` the way an OCI runtime applies it.
 
-    GNU tar knows nothing of whiteouts and merges into what exists, so two steps come
+    GNU tar does not process whiteouts and merges into what exists, so two steps come
     first. Whiteouts are applied: `.wh.NAME` removes NAME, which must exist, and
     `.wh..wh..opq` empties its directory. Then every existing path that an entry
     replaces is removed, unless both are directories. GNU tar extracts the rest and
@@ -438,10 +447,10 @@ def gnu_tar_apply_layer(
 def _clear_inherited_setgid(base: Path, entries: list[RawEntry]) -> None:
     """Remove the set-group-ID bit that GNU tar leaves on directories against their entry.
 
-    A directory made inside a set-group-ID directory inherits the bit. GNU tar 1.34
-    keeps it although the entry's mode lacks it, and an entry's parent can have its
-    final mode before the entry is extracted (a diff lists the hardlinks to a new
-    file right after it, out of walk order). containerd's apply sets the mode as given.
+    A directory made inside a set-group-ID directory inherits the bit, and GNU tar 1.34
+    keeps it although the entry's mode lacks it. The parent can have its final mode
+    before the entry is extracted, because a diff lists the hardlinks to a new file
+    right after the file, out of walk order. containerd's apply sets the mode as given.
     """
     for entry in entries:
         if entry.typeflag != b"5" or entry.mode & stat.S_ISGID:

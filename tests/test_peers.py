@@ -1,9 +1,9 @@
 """Tests of the test peers themselves: Go's tar, containerd's WriteDiff, GNU tar, bsdtar.
 
 These run without ocilayer's export, so that the oracle is known to be wired right
-before any export test relies on it: Go must copy tars made with ocilayer's encoder
-byte for byte, containerd must write the entries its own TestDiffTar cases expect,
-the tar tools must list known archives, and the tree helpers must see every change.
+before any export test relies on it. Go must copy tars made with ocilayer's encoder
+byte for byte, and containerd must write the entries its own TestDiffTar cases expect.
+The tar tools must list known archives, and the tree helpers must report every change.
 """
 
 from __future__ import annotations
@@ -483,6 +483,17 @@ def test_bsdtar_conversion_warnings_counted() -> None:
     )
 
     assert peers.bsdtar_list(tar_bytes) == [b"bad\xffname", b"link", b"both\xff", "café".encode()]
+
+
+def test_gnu_tar_list_allowed_warnings() -> None:
+    record = {b"MSWINDOWS.fileattr": b"32"}
+    tar_bytes = make_tar([regular(b"Files/x", b"data", pax_records=record)])
+
+    with pytest.raises(AssertionError, match="unknown extended header keyword"):
+        peers.gnu_tar_list(tar_bytes)
+    allowed = [peers.GNU_TAR_UNKNOWN_KEYWORD]
+    assert peers.gnu_tar_list(tar_bytes, allowed_warnings=allowed) == [b"Files/x"]
+    assert peers.bsdtar_list(tar_bytes) == [b"Files/x"]
 
 
 def test_listing_names_unescaped() -> None:

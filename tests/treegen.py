@@ -2,10 +2,11 @@
 
 `generate_pair(seed)` returns two tree specs (see `trees.py`) and the list of changes
 made, the same for the same seed and options on every machine. The changes cover
-what a layer diff must get right: additions, deletions of files and whole
-directories, type changes, chmod and chown, content changes that the mtime and size
-do or do not reveal, hardlinks (new names for old groups, links across directories,
-groups split apart), symlinks, long and non-UTF-8 names, xattrs, FIFOs and devices.
+what a layer diff must get right. There are additions, deletions of files and whole
+directories, type changes, chmod and chown, and content changes that the mtime and
+size do or do not reveal. There are hardlinks (new names for old groups, links across
+directories, groups split apart), symlinks, long and non-UTF-8 names, xattrs, FIFOs
+and devices.
 
 Some changes are invisible to continuity's rules by design: a content change with the
 same size and the same non-zero nanosecond mtime, a hardlink group split into copies
@@ -247,7 +248,7 @@ def inode_node(spec: Spec, path: bytes) -> INode:
 
 
 def update_inode(spec: Spec, path: bytes, **changes: object) -> None:
-    """Change attributes of the inode at `path`, as every name of it sees them."""
+    """Change attributes of the inode at `path`, and so of every name of that inode."""
     owner = link_target(spec, path)
     spec[owner] = replace(spec[owner], **changes)  # type: ignore[arg-type]
 
@@ -463,6 +464,9 @@ class _Changer:
         old = inode_node(self.upper, path)
         assert isinstance(old, File)
         nanos = old.mtime_ns % SECOND
+
+        # continuity compares size, then mtime; it reads the content only when both
+        # mtimes are whole seconds, so a same-size change under a nanosecond mtime hides.
         variants = ["resize", "mtime nanoseconds"]
         if old.content and nanos == 0:
             variants.append("same size and whole-second mtime")
@@ -472,6 +476,7 @@ class _Changer:
             variants.append("same size and nanosecond mtime")
         variant = self.source.pick(variants)
         self.touch(path)
+
         same_size = self.source.rng.randbytes(len(old.content))
         if same_size == old.content:
             same_size = bytes(b ^ 1 for b in old.content)

@@ -371,10 +371,10 @@ def assert_trees_equal(
 ) -> None:
     """Assert that two trees hold the same paths with the same attributes.
 
-    Compared for every path below the roots (the roots themselves are not): type,
-    permission bits with setuid, setgid and sticky, owner ids, device numbers, symlink
-    target, size and content of regular files, xattrs, mtime and hardlink group (the
-    other names in the same tree that share the inode).
+    Every path below the roots is compared, the roots themselves are not. The
+    attributes are: type, permission bits with setuid, setgid and sticky, owner ids,
+    device numbers, symlink target, size and content of regular files, xattrs, mtime,
+    and hardlink group (the other names in the same tree that share the inode).
 
     `xattrs` is True for all, False for none, or a predicate on the xattr name.
     `mtimes` is "exact" (nanoseconds), "seconds" (truncated, as layer tars keep them)
