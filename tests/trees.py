@@ -197,13 +197,15 @@ def _create(full: bytes, node: Node) -> None:
 
 
 def _bind_socket(full: bytes) -> None:
-    # A socket path must fit sun_path (108 bytes), so bind relative to the parent.
-    parent, name = os.path.split(full)
+    # A socket address must fit sun_path (108 bytes), so bind a short name relative to
+    # the parent directory, then rename the socket to its real name.
+    parent = os.path.dirname(full)
     old_cwd = os.getcwd()
     server = socket.socket(socket.AF_UNIX)
     try:
         os.chdir(parent)
-        server.bind(name)
+        server.bind(b".socket-being-made")
+        os.rename(os.path.join(parent, b".socket-being-made"), full)
     finally:
         os.chdir(old_cwd)
         server.close()
