@@ -36,9 +36,7 @@ filetimes = st.integers(
     max_value=FILETIME_UNIX_EPOCH + (2**63 - 1) // 100,
 )
 names = st.text(
-    alphabet=st.characters(
-        min_codepoint=32, exclude_characters="\\/:", exclude_categories=["Cs"]
-    ),
+    alphabet=st.characters(min_codepoint=32, exclude_characters="\\/:", exclude_categories=["Cs"]),
     min_size=1,
     max_size=10,
 ).filter(
