@@ -34,10 +34,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--target",
         dest="kind",
-        choices=["rootfs", "overlay"],
+        choices=["rootfs", "overlay", "windows"],
         default="rootfs",
-        help="what TARGET is: rootfs (default; a tree holding the lower layers) or overlay "
-        "(an overlayfs upper directory, with the lower layers given by --parent)",
+        help="what TARGET is: rootfs (default; a tree holding the lower layers), overlay "
+        "(an overlayfs upper directory, with the lower layers given by --parent) or windows "
+        "(a new Windows transport folder, the layout vmcompute's ImportLayer reads; TARGET "
+        "must not exist or be empty)",
     )
     parser.add_argument(
         "--parent",
@@ -90,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.diff_id is not None and not args.diff_id.startswith("sha256:"):
         raise UsageError(f"--diff-id {args.diff_id!r} is not a sha256:<hex> digest")
 
+    if args.kind == "windows":
+        return _run_windows(args)
     try:
         with _open_layer(args.layer) as layer:
             result = import_layer_from_tar(
@@ -114,4 +118,24 @@ def run(args: argparse.Namespace) -> int:
             "size": result.size,
         }
         print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _run_windows(args: argparse.Namespace) -> int:
+    """Write a Windows layer tar into a new transport folder."""
+    from ocilayer.cli import EXIT_INTERRUPTED, EXIT_OK, UsageError
+    from ocilayer.windows import import_windows_layer
+
+    if args.rootless or args.skip_devices or args.diff_id is not None:
+        raise UsageError(
+            "--rootless, --skip-devices and --diff-id do not apply to --target windows"
+        )
+    try:
+        with _open_layer(args.layer) as layer:
+            size = import_windows_layer(layer, args.target)
+    except (KeyboardInterrupt, Cancelled):
+        print(f"ocilayer: interrupted; nothing was left in {args.target}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps({"size": size}, indent=2))
     return EXIT_OK

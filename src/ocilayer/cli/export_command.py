@@ -43,12 +43,23 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--source",
-        choices=["snapshot", "overlay", "auto", "tar"],
+        choices=["snapshot", "overlay", "auto", "tar", "windows"],
         default="snapshot",
         help="what LAYER is: snapshot (default; a full tree, diffed against the parents), "
         "overlay (an overlayfs upper directory over the parents), auto (overlay when "
         "LAYER holds whiteout devices or overlay xattrs, else snapshot) or tar (a layer "
-        "tar to rewrite: recompress, normalise, or move under --prefix)",
+        "tar to rewrite: recompress, normalise, or move under --prefix) or windows (a "
+        "Windows layer folder: a transport folder as vmcompute's ExportLayer writes it, or "
+        "a base layer folder; on a Windows host, a layer of the container storage, diffed "
+        "against --parent by the Host Compute Service)",
+    )
+    parser.add_argument(
+        "--os",
+        choices=["linux", "windows"],
+        default="linux",
+        help="layout of the output: linux (default) or windows, which converts a plain "
+        "Linux tree (or, with --source tar, a layer tar) into a Windows layer: entries "
+        "under Files/, an empty Hives/, and a default security descriptor on every entry",
     )
     parser.add_argument(
         "--prefix",
@@ -168,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--prefix needs --source tar")
     if args.source == "tar" and args.layer == STDOUT:
         args.layer = "/dev/stdin"
+    if args.source == "windows" or args.os == "windows":
+        return _run_windows(args, compression)
     epoch = _source_date_epoch(args)
     include = [os.fsencode(path) for path in args.include]
 
@@ -186,6 +199,37 @@ def run(args: argparse.Namespace) -> int:
             source=args.source,
             prefix=os.fsencode(args.prefix),
         )
+    if args.json:
+        print(json.dumps(descriptor.to_json(), indent=2))
+    return EXIT_OK
+
+
+def _run_windows(args: argparse.Namespace, compression: Compression) -> int:
+    """Export a Windows layer folder, or convert a Linux layer to the Windows layout."""
+    from ocilayer.cli import EXIT_OK, UsageError
+    from ocilayer.windows import convert_to_windows, export_windows_layer
+
+    if args.prefix or args.include or args.keep_nanoseconds:
+        raise UsageError("--prefix, --include and --keep-nanoseconds do not apply to Windows")
+    if args.os == "windows" and args.source not in ("snapshot", "tar"):
+        raise UsageError("--os windows converts a tree or, with --source tar, a layer tar")
+    if args.os == "windows" and args.parent:
+        raise UsageError("--os windows converts a whole tree; --parent does not apply")
+
+    with _open_output(args.output) as raw:
+        if args.source == "windows":
+            descriptor = export_windows_layer(
+                raw,
+                args.layer,
+                args.parent,
+                compression=compression,
+                level=args.level,
+                threads=args.threads,
+            )
+        else:
+            descriptor = convert_to_windows(
+                raw, args.layer, compression=compression, level=args.level, threads=args.threads
+            )
     if args.json:
         print(json.dumps(descriptor.to_json(), indent=2))
     return EXIT_OK
