@@ -15,15 +15,21 @@ lower layer and the layer under test, because this applier follows the image spe
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import os
 import stat
+import subprocess
+import sys
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from apply_helpers import (
     apply,
@@ -37,6 +43,7 @@ from apply_helpers import (
     whiteout,
 )
 from ocilayer.errors import OcilayerError, UnsafePathError
+from ocilayer.tarformat.encoder import TarHeader, encode_header
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -518,3 +525,99 @@ def test_global_header_creates_nothing(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(buffer.getvalue(), root)
     assert listing(root) == {}
+
+
+# The other attack classes of the Docker, containerd and umoci advisories
+
+
+def test_no_external_decompressor_runs(tmp_path: Path) -> None:
+    """Decompression never runs a program found on PATH (Docker ran the image's xz once)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    marker = tmp_path / "ran"
+    for program in ("gzip", "gunzip", "pigz", "unpigz", "igzip", "zstd", "unzstd", "xz"):
+        script = fake_bin / program
+        script.write_text(f"#!/bin/sh\necho {program} >> {marker}\nexit 1\n")
+        script.chmod(0o755)
+    layer = tar(file("hello", "hello"))
+    blobs = {
+        "gzip": gzip.compress(layer, mtime=0),
+        "zstd": zstandard.ZstdCompressor().compress(layer),
+    }
+    for codec, blob in blobs.items():
+        script = (
+            "import sys\n"
+            "from ocilayer.apply import import_layer_from_tar\n"
+            f"import_layer_from_tar(sys.stdin.buffer, {str(tmp_path / codec)!r})\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            input=blob,
+            capture_output=True,
+            env={**os.environ, "PATH": str(fake_bin)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert listing(tmp_path / codec) == {"hello": "f 644 'hello'"}
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_decompression_bomb_keeps_memory_flat(tmp_path: Path) -> None:
+    """A 1 GiB file of zeros in a 1 MiB gzip applies with bounded memory and disk."""
+    size = 1 << 30
+    blob = tmp_path / "bomb.tar.gz"
+    # Concatenated gzip members form one stream, so one small member repeats.
+    zeros = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    with open(blob, "wb") as output:
+        output.write(gzip.compress(encode_header(TarHeader(name=b"zeros", size=size)), mtime=0))
+        for _ in range(size >> 20):
+            output.write(zeros)
+        output.write(gzip.compress(bytes(1024), mtime=0))
+    assert blob.stat().st_size < 2 << 20
+    script = (
+        "import resource, sys\n"
+        "from ocilayer.apply import import_layer_from_tar\n"
+        f"import_layer_from_tar(open({str(blob)!r}, 'rb'), {str(tmp_path / 'root')!r})\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    peak_kib = int(result.stdout)
+    assert peak_kib < 150 * 1024, f"peak resident memory {peak_kib} KiB"
+    st = os.lstat(tmp_path / "root/zeros")
+    assert st.st_size == size
+    assert st.st_blocks * 512 < 16 << 20
+
+
+def test_directory_swapped_for_a_symlink_during_apply(
+    tmp_path: Path, victim: Path, guarded: Callable[[], None]
+) -> None:
+    """A racing process swaps a directory for a symlink to the host while files go in."""
+    root = tmp_path / "root"
+    apply(tar(directory("dir/")), root)
+    layer = tar(*(file(f"dir/sub{index % 10}/f{index}", "x") for index in range(3000)))
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.rename(root / "dir", root / "moved")
+                os.symlink(victim, root / "dir")
+                os.unlink(root / "dir")
+                os.rename(root / "moved", root / "dir")
+
+    racer = threading.Thread(target=swap)
+    racer.start()
+    try:
+        with contextlib.suppress(OcilayerError):
+            apply(layer, root)
+    finally:
+        stop.set()
+        racer.join()
+    guarded()
+    assert sorted(path.name for path in victim.iterdir()) == [
+        "also-exists-outside-root",
+        "hello",
+        "passwd",
+        "perm400",
+    ]

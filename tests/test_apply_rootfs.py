@@ -625,6 +625,50 @@ def test_device_without_mknod_is_skipped_on_request(tmp_path: Path) -> None:
     }
 
 
+def run_in_user_namespace(
+    layer: bytes, target: Path, **options: object
+) -> subprocess.CompletedProcess[str]:
+    """Apply a layer read from stdin inside a new user namespace that maps only root."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+        "from ocilayer.apply import import_layer_from_tar\n"
+        f"import_layer_from_tar(sys.stdin.buffer, {str(target)!r}, **{options!r})\n"
+    )
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", script],
+        input=layer.decode("latin-1"),
+        encoding="latin-1",
+        capture_output=True,
+    )
+
+
+def test_special_files_in_a_user_namespace(tmp_path: Path) -> None:
+    result = run_in_user_namespace(SPECIAL_FILES, tmp_path / "root", skip_devices=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "skipped device node b'dev/null' (1:3): creating device nodes needs CAP_MKNOD\n"
+    )
+    assert listing(tmp_path / "root") == {
+        "dev": "d 755",
+        "dev/initctl": "p 600",
+        "etc": "d 755",
+        "etc/keep": "f 644 '1'",
+    }
+
+
+def test_unmapped_owner_in_a_user_namespace_names_the_id(tmp_path: Path) -> None:
+    layer = tar(file("big-owner", uid=4294967294, gid=1000240000))
+    result = run_in_user_namespace(layer, tmp_path / "root")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ocilayer.apply.errors.ApplyError: entry b'big-owner' (offset 0): cannot give "
+        "b'big-owner' the owner 4294967294:1000240000: the id is not mapped in this user "
+        "namespace; map it, or apply with rootless=True (--rootless)"
+    )
+    assert temp_files(tmp_path / "root") == []
+
+
 def test_device_numbers_out_of_range_are_rejected(tmp_path: Path) -> None:
     data = tar(entry("dev/big", b"3", pax={b"SCHILY.devmajor": b"4294967296"}))
     with pytest.raises(TarFormatError, match="device major number 4294967296 is out of range"):

@@ -116,7 +116,9 @@ def import_layer_from_tar(
     written = 0
     try:
         if lower is not None:
-            privileged = not rootless and _has_capability(_CAP_MKNOD)
+            privileged = (
+                not rootless and _in_initial_user_namespace() and _has_capability(_CAP_MKNOD)
+            )
             applier = OverlayApplier(
                 root_fd,
                 options,
@@ -168,6 +170,19 @@ def _describe(error: OSError) -> str:
     reason = error.strerror or str(error)
     hint = _HINTS.get(error.errno or 0)
     return f"{reason}; {hint}" if hint else reason
+
+
+def _in_initial_user_namespace() -> bool:
+    """Return whether the process runs in the host's user namespace.
+
+    In another user namespace every capability shows as effective, but creating device
+    nodes and setting `trusted.*` xattrs still fail.
+    """
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as uid_map:
+            return uid_map.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
 
 
 def _has_capability(number: int) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ocilayer.entry import Entry, FileType
 from ocilayer.xattrs import is_host_specific
@@ -67,7 +67,7 @@ class MetadataWriter:
     def apply_to_fd(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the open regular file `fd`."""
         if not self.rootless:
-            os.fchown(fd, *checked_ids(entry))
+            _chown(entry, lambda uid, gid: os.fchown(fd, uid, gid))
         for key, value in self._xattrs(entry):
             self._set_xattr(fd, key, value, entry)
         os.fchmod(fd, entry.mode)
@@ -89,8 +89,10 @@ class MetadataWriter:
         entry does not carry are removed first, except host-specific ones.
         """
         if not self.rootless:
-            uid, gid = checked_ids(entry)
-            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            _chown(
+                entry,
+                lambda uid, gid: os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False),
+            )
         path = proc_path(dir_fd, name)
         if replace_xattrs:
             self._remove_other_xattrs(path, entry)
@@ -177,6 +179,19 @@ class MetadataWriter:
             FileType.REGULAR,
             FileType.DIRECTORY,
         )
+
+
+def _chown(entry: Entry, chown: Callable[[int, int], None]) -> None:
+    uid, gid = checked_ids(entry)
+    try:
+        chown(uid, gid)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        raise ValueError(
+            f"cannot give {entry.path!r} the owner {uid}:{gid}: the id is not mapped in this "
+            "user namespace; map it, or apply with rootless=True (--rootless)"
+        ) from None
 
 
 def checked_ids(entry: Entry) -> tuple[int, int]:

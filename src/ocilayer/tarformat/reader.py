@@ -197,8 +197,12 @@ class TarReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         extended = False
+        # The entry starts at its first extended header, if it has any.
+        entry_start = self.offset
         while True:
             start = self.offset
+            if not extended:
+                entry_start = start
             block = self._read_up_to(BLOCK_SIZE)
             if not block:
                 if start == 0:
@@ -239,6 +243,7 @@ class TarReader:
                 header.name = long_name
             if long_link is not None:
                 header.linkname = long_link
+            header.offset = entry_start
             _apply_pax(header, pax)
             return header
 
