@@ -536,9 +536,9 @@ def test_no_external_decompressor_runs(tmp_path: Path) -> None:
     fake_bin.mkdir()
     marker = tmp_path / "ran"
     for program in ("gzip", "gunzip", "pigz", "unpigz", "igzip", "zstd", "unzstd", "xz"):
-        script = fake_bin / program
-        script.write_text(f"#!/bin/sh\necho {program} >> {marker}\nexit 1\n")
-        script.chmod(0o755)
+        fake = fake_bin / program
+        fake.write_text(f"#!/bin/sh\necho {program} >> {marker}\nexit 1\n")
+        fake.chmod(0o755)
     layer = tar(file("hello", "hello"))
     blobs = {
         "gzip": gzip.compress(layer, mtime=0),
