@@ -136,7 +136,8 @@ def parse_tar(data: bytes) -> list[RawEntry]:
         payload = data[offset : offset + size]
         offset += size + (-size % 512)
         if typeflag == b"x":
-            assert block[329:345] == bytes(16) and block[345:500] == bytes(155)
+            assert block[329:345] == bytes(16), "x header devmajor and devminor"
+            assert block[345:500] == bytes(155), "x header prefix"
             pending_pax = (_field(block, 0, 100), parse_pax(payload))
             continue
         entry = RawEntry(
@@ -209,7 +210,7 @@ def go_list(data: bytes) -> list[dict[str, object]]:
 
 
 def assert_go_reads_identically(data: bytes) -> None:
-    """Go re-encodes the tar to the same bytes and sees the same PAX records we wrote."""
+    """Assert that Go re-encodes the tar to the same bytes and reports the same PAX records."""
     assert go_copy(data) == data
     ours = [entry.records for entry in parse_tar(data)]
     theirs = [header["pax"] for header in go_list(data)]

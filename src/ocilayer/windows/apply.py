@@ -1,9 +1,9 @@
 """Windows layer import: a layer tar into a transport folder or a base layer folder.
 
-The loop is hcsshim's writeLayerFromTar: a whiteout (`.wh.` base name) removes the
-path it names, a hardlink entry (type 1) adds a link, and anything else is added with
-the FILE_BASIC_INFO of its header and a backup stream built from the header and the
-alternate data stream entries that follow it.
+The loop is hcsshim's writeLayerFromTar. A whiteout (`.wh.` base name) removes the
+path it names, and a hardlink entry (type 1) adds a link. Anything else is added with
+the FILE_BASIC_INFO of its header and a backup stream built from the header and from
+the alternate data stream entries that follow it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ocilayer.windows.transport_writer import TransportWriter
 
 
 class LayerWriter(Protocol):
-    """What the import loop needs from a layer folder writer."""
+    """Interface of a layer folder writer, as the import loop uses it."""
 
     def add(self, name: str, info: FileBasicInfo) -> BinaryIO: ...
 

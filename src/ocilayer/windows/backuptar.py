@@ -3,10 +3,10 @@
 Export turns (name, size, FILE_BASIC_INFO, backup stream) into one PAX entry plus one
 entry per alternate data stream. Import turns a tar header (and the ADS entries after
 it) back into a FILE_BASIC_INFO and a backup stream. The rules follow go-winio
-v0.6.3-0.20251027160822-ad3df93bed29, the version hcsshim pins, with one later fix
-that go-winio took in September 2026: sparse-block streams are accepted before the
-data stream when the input is read twice, and a sparse terminator after the data is
-tolerated, so a sparse file never fails with "unknown stream ID 9".
+v0.6.3-0.20251027160822-ad3df93bed29, the version hcsshim pins, plus one fix that
+go-winio merged in September 2026. With it, sparse-block streams are accepted before
+the data stream when the input is read twice, and a sparse terminator after the data
+is tolerated. So a sparse file never fails with "unknown stream ID 9".
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def write_tar_file_from_backup_stream(
     the start for the data, so EAs after the data are kept. Otherwise the metadata
     pass stops at the data stream. `origin` is where the backup stream starts in
     `stream`, for seeking and for error offsets. Alternate data streams after the
-    data become `name:stream` entries; those before it, or of a file without a data
-    stream, are dropped, as go-winio drops them.
+    data become `name:stream` entries. go-winio drops those before the data stream,
+    and those of a file without one, and so does this function.
     """
     header = basic_info_header(name, size, info)
     reader = BackupStreamReader(stream, origin=origin, source=name)

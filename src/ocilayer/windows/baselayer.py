@@ -1,6 +1,6 @@
 """Base (parentless) Windows layer folders: the reader and writer hcsshim uses without parents.
 
-A base layer folder holds the real files: `Files\\...`, the registry `Hives\\`, and
+A base layer folder contains the real files: `Files\\...`, the registry `Hives\\`, and
 for a layer with a utility VM `UtilityVM\\Files\\...`, plus files of the host
 (`layout`, VHDX files, `bcd*.bak`). Only `Files` and, when `UtilityVM\\Files` exists,
 `UtilityVM` and `UtilityVM\\Files` with everything below it go into the tar, each read
@@ -172,9 +172,9 @@ class BaseLayerWriter:
 
     def close(self) -> None:
         """Complete the last entry."""
-        # NOTE: on Windows hcsshim then runs vmcompute's ProcessBaseLayer (and
-        # ProcessUtilityVMImage), which build the hives and boot files; no host step
-        # runs here, so the folder is the layer content only.
+        # NOTE: on Windows hcsshim then runs vmcompute's ProcessBaseLayer and
+        # ProcessUtilityVMImage, which build the hives and boot files. No host step runs
+        # here, so the folder contains the layer content only.
         try:
             self._finish()
         finally:

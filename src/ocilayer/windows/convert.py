@@ -117,6 +117,7 @@ class _Converter:
         name = FILES_PREFIX + relative
         base = posixpath.basename(relative)
         self.write_parents(name)
+
         if base == _OPAQUE_MARKER:
             raise LayerError(
                 f"{header.name!r}: opaque whiteouts have no Windows equivalent; export the "
@@ -125,6 +126,7 @@ class _Converter:
         if base.startswith(_WHITEOUT_PREFIX):
             self._tar.write_header(TarHeader(name=name, format_pax=False))
             return
+
         if header.typeflag not in (b"0", b"1", b"2", b"5"):
             raise LayerError(
                 f"{header.name!r}: type {header.typeflag.decode()!r} (device or FIFO) has no "
@@ -132,6 +134,7 @@ class _Converter:
             )
         if header.typeflag == b"1":
             header.linkname = FILES_PREFIX + _clean(header.linkname)
+
         self._tar.write_header(self.windows_header(header, name))
         if header.typeflag == b"5":
             self._directories.add(name)
@@ -192,7 +195,7 @@ def convert_to_windows(
     """Write a Linux layer as a Windows layer tar into `writer` and return its descriptor.
 
     `source` is a directory tree (every file an addition), a layer tar file, or a
-    binary stream of a layer tar; tars may be gzip or zstd compressed. Every entry
+    binary stream of a layer tar. A tar may be gzip or zstd compressed. Every entry
     gets `security_descriptor` (self-relative, binary). Raises LayerError for input
     that has no Windows form and Cancelled when `cancel` is set.
     """

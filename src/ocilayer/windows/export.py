@@ -1,9 +1,9 @@
 """Windows layer export: hcsshim's writeTarFromLayer loop over a layer reader's items.
 
-For each item, in order: a deleted path becomes a whiteout entry that has only its
-name (so Go writes it as USTAR); a later name of a file with several links becomes a
-hardlink entry (mode 0644) to the first name written; anything else goes through the
-backuptar rules. Cancellation is checked before each item, and a cancelled export
+Each item becomes entries in order. A deleted path becomes a whiteout entry that has
+only its name, so Go writes it as USTAR. A later name of a file with several links
+becomes a hardlink entry (mode 0644) to the first name written. Anything else goes
+through the backuptar rules. Cancellation is checked before each item, and a cancelled export
 stops without the end-of-archive blocks.
 """
 
@@ -160,7 +160,7 @@ def export_windows_layer(
     """Export a Windows layer as a layer tar stream into `writer`, as hcsshim's ExportLayerToTar.
 
     On a Windows host `path` is a layer of the Windows storage and `parent_layer_paths`
-    its parents, lowest first; the layer goes through the HCS steps (activate,
+    its parents, lowest first. The layer then goes through the HCS steps (activate,
     prepare, export) first. On other hosts `path` is a transport folder (a diff layer,
     as ExportLayer writes it) or a base layer folder, chosen by `layout` or else by
     whether tombstones.txt exists, and parent layers cannot be given.

@@ -1,9 +1,10 @@
 """Export on a Windows host: the Host Compute Service steps around the layer readers.
 
-The sequence is hcsshim's ExportLayerToTar: ActivateLayer; PrepareLayer with the
-parent layers, then at once UnprepareLayer (this makes sure the layer is initialised);
-then, with parents, ExportLayer into a new temporary folder that is read as a
-transport folder, and without parents the layer folder read as a base layer. The
+The sequence is hcsshim's ExportLayerToTar. It starts with ActivateLayer, then
+PrepareLayer with the parent layers and at once UnprepareLayer, which makes sure the
+layer is initialised. With parents, ExportLayer then writes a new temporary folder
+that is read as a transport folder. Without parents the layer folder itself is read
+as a base layer. The
 temporary folder is always removed and DeactivateLayer always runs, even after an
 error (its own error is then only logged, as hcsshim ignores it).
 

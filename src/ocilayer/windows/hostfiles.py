@@ -1,6 +1,6 @@
 """What the Windows layer readers need from the host's file system, on any OS.
 
-A Windows host answers with the Win32 API (`GetFileInformationByHandleEx`,
+A Windows host serves them with the Win32 API (`GetFileInformationByHandleEx`,
 `BackupRead`). Other hosts keep what their file system cannot hold in extended
 attributes of the file, and fall back to `lstat` when those are absent:
 
@@ -87,7 +87,7 @@ def _get_xattr(target: str | int, name: str) -> bytes | None:
 
 
 def set_xattr(target: int, name: str, value: bytes, where: str) -> None:
-    """Store one metadata attribute on an open file, with an error that says what failed."""
+    """Store one metadata attribute on an open file; errors name the file and the attribute."""
     if sys.platform == "win32":
         # TODO: write layer folders on Windows hosts with SetFileInformationByHandle and
         # BackupWrite; until then import runs on other hosts only.

@@ -1,9 +1,9 @@
 """Names of a Windows layer, checked and opened relative to a root without leaving it.
 
 hcsshim opens every path of an import relative to the layer root with
-`OBJ_DONT_REPARSE`, so no component may be a reparse point, and it rejects names with
-`:` (which also catches drive letters and stray alternate data streams), leading `\\`
-and NUL. The same rules hold here, and on POSIX hosts every component is opened with
+`OBJ_DONT_REPARSE`, so no component may be a reparse point. It rejects names with a
+leading `\\`, with NUL, and with `:`, which also catches drive letters and stray
+alternate data streams. The same rules hold here, and on POSIX hosts every component is opened with
 `O_NOFOLLOW` relative to its parent's descriptor, so a symbolic link cannot lead out.
 """
 

@@ -23,7 +23,7 @@ from ocilayer.windows.fileinfo import parse_pax_time
 
 _BUFFER_SIZE = 1 << 20
 _ZEROS = bytes(1 << 16)
-# Types whose entries carry no data, whatever their size field says (Go's isHeaderOnlyType).
+# Types whose entries carry no data, whatever their size field contains (isHeaderOnlyType).
 _HEADER_ONLY_TYPES = frozenset([b"1", b"2", b"3", b"4", b"5", b"6"])
 
 
@@ -97,8 +97,8 @@ class TarWriter:
 def header_from_member(member: tarfile.TarInfo) -> TarHeader:
     """Convert a member read by `tarfile` into a TarHeader as Go's reader fills one.
 
-    A type flag of NUL becomes `0`; `tarfile` has already made it `5` for a name
-    ending in `/`, and dropped that slash from directory names. Times come from
+    A type flag of NUL becomes `0`. For a name ending in `/`, `tarfile` has already
+    made it `5` and dropped the slash, as it drops it from every directory name. Times come from
     the PAX records at full precision when present, else from the header (seconds).
     """
     records = {_raw(key): _raw(value) for key, value in member.pax_headers.items()}

@@ -4,7 +4,7 @@ Layout, relative to the folder:
 
 - `Files\\...`: one transport file per changed path. For a file it is the file
   itself; for a directory it is the sibling `<dir>.$wcidirs$` (the directory also
-  exists, empty of metadata). A transport file holds the Win32 attributes as a
+  exists, empty of metadata). A transport file contains the Win32 attributes as a
   little-endian u32, then the file's backup stream. Its own times are the path's times.
 - `Hives\\...` and `UtilityVM\\...`: ordinary files and directories.
 - `tombstones.txt`: the UTF-8 BOM and `Version 1.0` on the first line, then one deleted

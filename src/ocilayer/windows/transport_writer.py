@@ -4,7 +4,7 @@ The rules are those of hcsshim's legacyLayerWriter, for the parts that land in t
 import folder:
 
 - a path under `Files\\` becomes a transport file: the 4 attribute bytes, then the
-  backup stream as it comes; a directory also gets created, with its transport file
+  backup stream as it comes. A directory is also created, with its transport file
   `<dir>.$wcidirs$` beside it;
 - `Files`, `Hives` and what is below `Hives` are ordinary files and directories (a
   directory also gets a `.$wcidirs$`), restored from the backup stream without the

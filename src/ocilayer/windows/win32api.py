@@ -1,7 +1,7 @@
 """ctypes bindings to vmcompute.dll and kernel32 for the Windows host steps.
 
 Import this module only on Windows. `Vmcompute` is the VmcomputeBinding of hcs.py,
-and `WindowsHostFiles` answers the layer readers with GetFileInformationByHandleEx and
+and `WindowsHostFiles` serves the layer readers through GetFileInformationByHandleEx and
 BackupRead, opening every object with backup semantics and without following
 reparse points, as hcsshim does.
 
@@ -222,7 +222,7 @@ class _BackupReader(io.RawIOBase):
 
 
 class WindowsHostFiles:
-    """HostFiles answered by the Win32 API."""
+    """HostFiles served by the Win32 API."""
 
     def basic_info(self, path: str) -> FileBasicInfo:
         buffer = ctypes.create_string_buffer(BASIC_INFO_SIZE)
