@@ -82,7 +82,7 @@ def gnu_tar_create(tree: Path) -> bytes:
 
 
 # bsdtar stores a name it cannot convert to UTF-8 from the locale as raw bytes (PAX
-# `hdrcharset=BINARY`) and warns about it; in the C locale that is every non-ASCII name.
+# `hdrcharset=BINARY`) and warns about it. In the C locale that is every non-ASCII name.
 _BSDTAR_CHARSET_WARNING = re.compile(rb": Can't translate (pathname|linkname) '[^']*' to UTF-8")
 
 
@@ -105,9 +105,10 @@ def test_gnu_tar_archive_applies_exactly(tmp_path: Path, seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_bsdtar_archive_applies_exactly(tmp_path: Path, seed: int) -> None:
-    # bsdtar 3.6 keeps nanoseconds only in entries that need a PAX header anyway, and it
+    # bsdtar 3.6 keeps nanoseconds only in entries that need a PAX header anyway. It also
     # writes a negative fractional time as its floor plus a positive fraction, which GNU
-    # tar and Go (and so ocilayer) read as a different time; so whole seconds from 1970.
+    # tar and Go (and so ocilayer) read as another time. So times are compared in whole
+    # seconds, and none comes before 1970.
     tree = random_tree(tmp_path / "tree", seed, file_hardlinks_only=True, pre_epoch_mtimes=False)
     apply(bsdtar_create(tree), tmp_path / "applied")
     assert_trees_equal(tree, tmp_path / "applied", mtimes="seconds")

@@ -1,9 +1,9 @@
 """Applying layers into overlayfs upper directories, checked through real overlay mounts.
 
 Each layer goes into its own directory with the earlier ones as parents, the way
-container runtimes stack layers; the directories are then mounted as overlayfs
-lower layers, and the merged view must equal the tree the layers were made from, or
-the same layers applied to one root filesystem.
+container runtimes stack layers. The directories are then mounted as overlayfs lower
+layers. The merged view must equal the tree the layers were made from, or the same
+layers applied to one root filesystem.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_whiteout_becomes_a_character_device(tmp_path: Path) -> None:
     assert get_xattr(upper / "etc", TRUSTED_OPAQUE) is None
 
 
-def test_opaque_marker_sets_the_xattr_and_keeps_layer_entries(tmp_path: Path) -> None:
+def test_opaque_marker_sets_the_xattr(tmp_path: Path) -> None:
     upper = tmp_path / "upper"
     layer = tar(
         directory("d/"),
@@ -163,8 +163,8 @@ def test_whiteout_without_parent_entries_creates_them(tmp_path: Path) -> None:
     }
 
 
-def test_existing_upper_content_is_replaced_like_a_lower_layer(tmp_path: Path) -> None:
-    """Applying onto a non-empty upper directory: what it holds counts as below the layer."""
+def test_existing_upper_content_counts_as_lower(tmp_path: Path) -> None:
+    """Applying onto a non-empty upper directory: what it contains counts as lower content."""
     upper = tmp_path / "upper"
     apply(tar(directory("d/"), file("d/old", "o"), file("gone", "g"), file("f", "file")), upper,
           target="overlay")  # fmt: skip
@@ -222,7 +222,7 @@ def test_directory_over_a_parent_whiteout_is_opaque(tmp_path: Path) -> None:
         assert listing(merged) == {"x": "d 755", "y": "d 755", "y/old": "f 644 'o'"}
 
 
-def test_hardlink_to_a_parent_layer_file_copies_it_up(tmp_path: Path) -> None:
+def test_hardlink_to_parent_file_copies_up(tmp_path: Path) -> None:
     parent = build_tree(
         tmp_path / "parent",
         {"bin/perlbug": File(b"perl", 0o755, uid=3, mtime_ns=T1, xattrs={b"user.a": b"1"})},

@@ -166,9 +166,7 @@ def test_xattrs_of_files_and_directories(tmp_path: Path) -> None:
     assert get_xattr(root / "d/f", b"security.selinux") == label
 
 
-def test_user_xattr_on_symlink_is_skipped_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_symlink_user_xattr_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "root"
     with caplog.at_level(logging.WARNING, logger="ocilayer.apply"):
         apply(tar(symlink("l", "target", xattrs={b"user.key": b"v"})), root)
@@ -201,7 +199,7 @@ def test_root_entry_is_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["./", "", "/"])
-def test_root_entry_that_is_not_a_directory_is_rejected(tmp_path: Path, name: str) -> None:
+def test_non_directory_root_is_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(UnsafePathError, match="names the root but is a symlink"):
         apply(tar(directory("etc/"), symlink(name, "/etc/")), tmp_path / "root")
 
@@ -409,7 +407,7 @@ def test_whiteout_of_missing_path_or_parent_changes_nothing(tmp_path: Path) -> N
     assert listing(root) == {}
 
 
-def test_whiteout_never_deletes_an_entry_of_its_own_layer(tmp_path: Path) -> None:
+def test_whiteout_spares_same_layer_entries(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(file("fileA", "lowerA"), file("fileB", "lowerB"), file("fileC", "lowerC")), root)
     apply(
@@ -425,7 +423,7 @@ def test_whiteout_never_deletes_an_entry_of_its_own_layer(tmp_path: Path) -> Non
     assert listing(root) == {"fileA": "f 644 'upperA'", "fileB": "f 644 'upperB'"}
 
 
-def test_whiteout_of_a_directory_keeps_the_layers_own_children(tmp_path: Path) -> None:
+def test_directory_whiteout_spares_layer_children(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(directory("d/"), file("d/old", "1")), root)
     apply(tar(file("d/new", "2"), whiteout(".wh.d")), root)
@@ -507,7 +505,7 @@ def test_opaque_marker_without_directory_entries(tmp_path: Path) -> None:
     assert listing(root) == {"fresh": "d 755", "fresh/sub": "d 755", "lower": "d 755"}
 
 
-def test_opaque_marker_over_a_lower_file_makes_a_directory(tmp_path: Path) -> None:
+def test_opaque_marker_over_lower_file(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(file("d", "was a file")), root)
     apply(tar(whiteout("d/.wh..wh..opq"), file("d/x")), root)
@@ -657,7 +655,7 @@ def test_special_files_in_a_user_namespace(tmp_path: Path) -> None:
     }
 
 
-def test_unmapped_owner_in_a_user_namespace_names_the_id(tmp_path: Path) -> None:
+def test_unmapped_owner_names_the_id(tmp_path: Path) -> None:
     layer = tar(file("big-owner", uid=4294967294, gid=1000240000))
     result = run_in_user_namespace(layer, tmp_path / "root")
     assert result.returncode == 1

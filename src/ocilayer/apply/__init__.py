@@ -1,15 +1,15 @@
 """Apply a layer tar stream to a directory: a root filesystem or an overlay upper directory.
 
 `import_layer_from_tar` has the shape of hcsshim's `ImportLayerFromTar(ctx, r, path,
-parentLayerPaths)`: it reads the stream once, decompressing gzip or zstd by their
-magic bytes, applies every entry, hashes the whole uncompressed stream (bytes after
-the end-of-archive marker included) into the diff_id, and returns the number of file
-content bytes written together with that diff_id.
+parentLayerPaths)`. It reads the stream once and decompresses gzip or zstd by their
+magic bytes. It applies every entry and hashes the whole uncompressed stream, bytes
+after the end-of-archive marker included, into the diff_id. It returns the number of
+file content bytes written together with that diff_id.
 
 Path safety (see `ocilayer.apply.paths`): a name with a leading `/` is taken relative
-to the target; a name or hardlink target whose `..` climbs above the root is rejected
-with UnsafePathError; symlinks on the way to an entry are followed but clamped to the
-root, so an absolute or escaping link resolves inside the target, never outside it.
+to the target, and a name or hardlink target whose `..` climbs above the root is
+rejected with UnsafePathError. Symlinks on the way to an entry are followed but clamped
+to the root, so an absolute or escaping link resolves inside the target, never outside.
 Malformed whiteouts (`.wh.`, `.wh..`, `.wh...`) and duplicate paths are rejected. A
 failed apply leaves the target partly applied (whole files only, never a truncated
 one), so the caller should discard it, as containerd discards an unfinished snapshot.
@@ -89,7 +89,7 @@ def import_layer_from_tar(
         expected_diff_id: when given, the diff_id (`sha256:<hex>`) the stream must have.
 
     Raises:
-        TarFormatError: the stream is truncated or corrupt, or holds a duplicate path.
+        TarFormatError: the stream is truncated or corrupt, or contains a duplicate path.
         UnsafePathError: an entry's name or hardlink target leaves the root, or a
             whiteout name is malformed.
         ApplyError: an entry could not be created; the message names it.

@@ -7,13 +7,13 @@ Rules, in the words of the OCI image spec where it has them:
   carry are removed (but SELinux labels and NFSv4 ACLs stay). containerd only adds
   xattrs here, so a layer from a writer that carries only `security.capability`
   removes user xattrs from the directories it lists.
-- Every non-directory is created under a temporary name in its directory, gets its
-  content and metadata there, and is then renamed over the old path, so a failed or
+- Every non-directory is created under a temporary name in its directory and gets its
+  content and metadata there. Then it is renamed over the old path, so a failed or
   cancelled apply never leaves a half-written file where a good one was. Temporary
   names start with `.wh.`, a prefix that no file of a layer can have.
 - The layer's own paths, and every directory above them, are recorded, because
-  whiteouts and opaque markers hide only what the lower layers hold.
-- A layer holds each path once (image-spec: "duplicate entries ... MUST NOT" exist), so
+  whiteouts and opaque markers hide only what the lower layers contain.
+- A layer contains each path once (image-spec: "duplicate entries ... MUST NOT" exist), so
   a second entry for a path raises TarFormatError: with two different files at one
   path the tools disagree on which wins. A directory repeated as a directory is
   accepted and takes the later entry's metadata, because BuildKit once wrote parent
@@ -66,7 +66,7 @@ _DEVICE_TYPES = {
 
 
 class Origin(enum.Enum):
-    """How the current layer put a path in place."""
+    """Origin of a path that the current layer put in place."""
 
     # An ancestor directory of one of the layer's entries.
     ANCESTOR = enum.auto()

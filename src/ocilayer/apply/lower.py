@@ -1,12 +1,12 @@
 """The merged view of the parent layers below an overlay upper directory.
 
-The parent layers are overlay layer directories, lowest first, as overlayfs stacks them:
-in each, a whiteout (a 0/0 character device, or a zero-size file with an
-`overlay.whiteout` xattr) hides the name in the layers below, a non-directory hides
-everything below its path, and a directory with `overlay.opaque=y` hides what the
-layers below hold inside it. Both the `trusted.` and the `user.` xattr namespaces
-count. Lookups open every component with O_NOFOLLOW: overlayfs never follows a symlink
-from one layer into another either.
+The parent layers are overlay layer directories, lowest first, as overlayfs stacks them.
+In each, a whiteout hides the name in the layers below; it is a 0/0 character device,
+or a zero-size file with an `overlay.whiteout` xattr. A non-directory hides everything
+below its path, and a directory with `overlay.opaque=y` hides what the layers below
+contain inside it. Both the `trusted.` and the `user.` xattr namespaces count.
+Lookups open every component with O_NOFOLLOW, because overlayfs never follows a
+symlink from one layer into another either.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _NAMESPACES = (b"trusted.", b"user.")
 
 
 class Visibility(enum.Enum):
-    """What the parent layers hold at a path."""
+    """Visibility of a path in the merged parent layers."""
 
     # No layer has the path; the layers below may show the same name elsewhere.
     MISSING = enum.auto()

@@ -165,9 +165,9 @@ class MetadataWriter:
     def _tolerable(self, error: OSError, key: bytes, entry: Entry) -> bool:
         """Return whether a failed setxattr may be skipped with a warning.
 
-        Skipped: a filesystem without xattr support; user.* xattrs on files other than
-        regular files and directories, which Linux never allows; and anything that
-        needs privileges in a rootless apply.
+        A filesystem without xattr support is skipped. So are user.* xattrs on files
+        other than regular files and directories, because Linux never allows them, and
+        in a rootless apply, anything that needs privileges.
         """
         if error.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return True

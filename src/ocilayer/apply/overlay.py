@@ -1,6 +1,6 @@
 """Apply a layer into an overlayfs upper directory.
 
-The target holds only this layer's changes; the parent layers below it are given
+The target contains only this layer's changes; the parent layers below it are given
 separately and are never written. Whiteouts and opaque markers become what overlayfs
 reads (Linux `Documentation/filesystems/overlayfs.rst`):
 
@@ -17,14 +17,15 @@ reads (Linux `Documentation/filesystems/overlayfs.rst`):
   opaque, so the lower directory of that name stays hidden.
 
 The xattrs are in the `trusted.` namespace, or in `user.` (overlayfs' `userxattr`
-mount option) for a rootless apply or without CAP_MKNOD.
+mount option) for a rootless apply, without CAP_MKNOD, or inside a user namespace.
 
-Directories that the layer needs but does not list are created with the owner, mode,
-times and xattrs of the same directory in the parent layers, so the merged view does
-not change (containerd does the same); others get 0755 and 0:0. A whiteout for a path
-that the parent layers do not show is left out, with the directories created for it.
-Without parent layers the applier cannot tell what a whiteout hides, so every
-whiteout is created, with its parent directories.
+Directories that the layer needs but does not list get the owner, mode, times and
+xattrs of the same directory in the parent layers, so the merged view does not change.
+containerd does the same. Directories that the parent layers lack get 0755 and 0:0.
+A whiteout for a path that the parent layers do not show is left out, with the
+directories created for it. Without parent layers the applier cannot tell what a
+whiteout hides, so every whiteout is created, with its parent directories.
+
 Paths are resolved in the merged view: a symlink of the parent layers is followed
 (inside the root) as it would be on the mounted overlay. A hardlink to a file of the
 parent layers first copies that file up, as overlayfs does on link(2).

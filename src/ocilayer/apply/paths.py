@@ -1,7 +1,7 @@
 """Resolve entry paths inside the target root through directory file descriptors.
 
 Every directory is opened relative to its parent with `O_PATH | O_NOFOLLOW |
-O_DIRECTORY`, starting from a descriptor of the root, so the kernel never sees a whole
+O_DIRECTORY`, starting from a descriptor of the root, so the kernel never resolves a whole
 path and never follows a symlink on its own. Symlinks met on the way to an entry's
 parent are followed here with chroot semantics: an absolute target restarts at the
 root, and `..` at the root stays at the root. A link can therefore lead anywhere inside
@@ -75,7 +75,7 @@ def list_directory(dir_fd: int) -> list[bytes]:
 
 
 class Tree(Protocol):
-    """What the resolver asks of the applier that owns the target."""
+    """Interface that the resolver needs from the applier that owns the target."""
 
     def is_layer_path(self, path: bytes) -> bool:
         """Return whether the current layer created the real path `path`."""
@@ -91,7 +91,7 @@ class Tree(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where an entry goes: a directory descriptor, its real path and the last component.
+    """Destination of an entry: a directory descriptor, its real path and the last component.
 
     `dir_fd` belongs to the resolver and stays valid until its `end_entry()`.
     """
@@ -123,7 +123,7 @@ class Resolver:
     def resolve_parent(
         self, path: bytes, *, create: bool, whiteout: bool = False
     ) -> Location | None:
-        """Resolve the directory that holds `path`; None if it is missing and not created."""
+        """Resolve the directory that contains `path`; None if it is missing and not created."""
         directory = self.resolve_directory(parent_of(path), create=create, whiteout=whiteout)
         if directory is None:
             return None

@@ -1,7 +1,7 @@
 """Apply a layer to a full root filesystem: whiteouts delete, opaque markers empty.
 
-The target holds the lower layers already, so a whiteout removes its path and an opaque
-marker removes what its directory holds, but neither touches a path that the current
+The target contains the lower layers already, so a whiteout removes its path and an
+opaque marker removes what its directory contains, but neither touches a path that the current
 layer created (image-spec: whiteouts "MUST only apply to resources in lower/parent
 layers"). Because the layer's paths are recorded with their ancestors, an opaque
 marker gives the same result wherever it sits in the stream.
@@ -15,7 +15,7 @@ from ocilayer.entry import Entry
 
 
 class RootfsApplier(Applier):
-    """Apply entries to a directory that already holds the merged lower layers."""
+    """Apply entries to a directory that already contains the merged lower layers."""
 
     def whiteout(self, entry: Entry) -> None:
         # A missing parent means there is nothing to delete.

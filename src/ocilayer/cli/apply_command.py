@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
     from ocilayer.cli import EXIT_INTERRUPTED, EXIT_OK, UsageError
 
     if args.parent and args.kind != "overlay":
-        raise UsageError("--parent needs --target overlay; a rootfs target holds its lowers")
+        raise UsageError(
+            "--parent needs --target overlay, because a rootfs target already contains "
+            "its lower layers"
+        )
     if args.layer == STDIN and sys.stdin.isatty():
         raise UsageError("refusing to read a tar from a terminal; give a file or a pipe")
     if args.diff_id is not None and not args.diff_id.startswith("sha256:"):

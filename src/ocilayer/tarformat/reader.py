@@ -15,9 +15,9 @@ producers write:
 Where the formats leave a choice, the reader follows Go's `archive/tar`, which
 containerd and docker read layers with: hardlinks, symlinks, devices, FIFOs and
 directories have no data whatever their size field contains, and one zero block ends
-the archive. Unlike Go, a stream that stops at a header boundary without the zero
-blocks is an error, because a truncated download would otherwise apply as a
-shorter layer; a stream of zero bytes is the empty layer.
+the archive. Unlike Go, the reader rejects a stream that stops at a header boundary
+without the zero blocks, because a truncated download would otherwise apply as a
+shorter layer. A stream of zero bytes is the empty layer.
 
 Entry paths follow the entry record's rules (see `ocilayer.entry`): a leading `/`
 and `.` components are dropped, so `/etc/passwd` and `./etc/passwd` both name
