@@ -186,8 +186,12 @@ def _checked(block: bytes, position: int) -> bytes:
     if len(block) != BLOCK:
         raise ValueError(f"tar stream ends inside a header at byte {position}")
     stored = parse_number(header_field(block, "chksum"))
-    if stored != header_checksum(block):
-        raise ValueError(f"tar header at byte {position} has checksum {stored}, not the sum")
+    computed = header_checksum(block)
+    if stored != computed:
+        raise ValueError(
+            f"tar header at byte {position} stores checksum {stored}, "
+            f"but its bytes sum to {computed}"
+        )
     return block
 
 

@@ -11,7 +11,7 @@ and devices.
 Some changes are invisible to continuity's rules by design: a content change with the
 same size and the same non-zero nanosecond mtime, a hardlink group split into copies
 with equal metadata, and a change of user xattrs only. Their paths are listed in
-`TreePair.hidden`, because a layer made from the pair cannot reproduce them.
+`TreePair.hidden`, because a layer made from the pair may not reproduce them.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ INode = File | Dir | Symlink | Fifo | Device | Socket
 SECOND = 10**9
 BASE_MTIME = 1_600_000_000
 
-# A valid version-2 vfs_cap_data header (VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE);
-# the kernel rejects security.capability values of any other size or revision.
+# The header of a version-2 vfs_cap_data value (VFS_CAP_REVISION_2 with the effective
+# flag). Linux 6.18 rejects version 1 and bad headers with EINVAL, and stores a version-3
+# value whose root id is 0 as version 2, so version 2 is what a tree can hold as given.
 _CAPABILITY_HEADER = b"\x01\x00\x00\x02"
 CAPABILITY = b"security.capability"
 
@@ -73,7 +74,8 @@ class TreePair:
     lower: Spec
     upper: Spec
     changes: list[str] = field(default_factory=list)
-    # Path -> why no diff can carry its change: "content", "hardlinks" or "xattrs".
+    # Path -> why a layer made from the pair may miss its change: "content" (same size
+    # and nanosecond mtime), "hardlinks" (group split) or "xattrs" (user xattrs only).
     hidden: dict[bytes, str] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -221,7 +223,7 @@ def _detach(spec: Spec, path: bytes) -> None:
 
 
 def remove_path(spec: Spec, path: bytes) -> list[bytes]:
-    """Remove a path and everything below it; return the removed paths."""
+    """Remove a path and everything below it, and return the removed paths."""
     removed = [*sorted(_descendants(spec, path), reverse=True), path]
     for gone in removed:
         _detach(spec, gone)
@@ -320,7 +322,7 @@ def _node_kinds(options: TreeGenOptions) -> list[str]:
 def grow(
     source: _Random, spec: Spec, count: int, kinds: list[str] | None = None, under: bytes = b""
 ) -> list[bytes]:
-    """Add `count` random nodes to directories at or below `under`; return their paths."""
+    """Add `count` random nodes to directories at or below `under`, and return their paths."""
     kinds = kinds or _node_kinds(source.options)
     added: list[bytes] = []
     for _ in range(count):
@@ -465,8 +467,8 @@ class _Changer:
         assert isinstance(old, File)
         nanos = old.mtime_ns % SECOND
 
-        # continuity compares size, then mtime; it reads the content only when both
-        # mtimes are whole seconds, so a same-size change under a nanosecond mtime hides.
+        # continuity compares size, then mtime, and reads the content only when both
+        # mtimes are whole seconds. A same-size change under a nanosecond mtime hides.
         variants = ["resize", "mtime nanoseconds"]
         if old.content and nanos == 0:
             variants.append("same size and whole-second mtime")
