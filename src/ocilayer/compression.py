@@ -27,6 +27,7 @@ def _isal_threaded() -> ModuleType | None:
         return None
     return igzip_threaded
 
+
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Skippable zstd frames have a little-endian magic in 0x184D2A50..0x184D2A5F.
