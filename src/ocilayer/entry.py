@@ -88,7 +88,8 @@ class Entry:
     the permission bits with setuid, setgid and sticky (07777), never type bits.
     `link_key` identifies the inode for hardlink grouping (device and inode on
     Linux, the file id on Windows); only non-directories with `nlink > 1` form
-    groups. Content comes from `source_path` (a file on disk) or else from `opener`.
+    groups. Content comes from `content` when the reader read it ahead, else from
+    `source_path` (a file on disk), else from `opener`.
     """
 
     path: bytes
@@ -110,6 +111,8 @@ class Entry:
     source_path: bytes | None = None
     opener: Callable[[], BinaryIO] | None = None
     windows: WindowsMetadata | None = None
+    # The whole data of a small regular file, when the reader has already read it.
+    content: bytes | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -122,6 +125,10 @@ class Entry:
 
     def open(self) -> BinaryIO:
         """Open the content of a regular file for reading."""
+        if self.content is not None:
+            import io
+
+            return io.BytesIO(self.content)
         if self.source_path is not None:
             return open(self.source_path, "rb")
         if self.opener is not None:

@@ -198,7 +198,11 @@ class LayerTarWriter:
 
     def _copy_data(self, entry: Entry) -> None:
         try:
-            if entry.source_path is not None:
+            if entry.content is not None:
+                if len(entry.content) != entry.size:
+                    raise _changed_size(entry)
+                self._emit(entry.content)
+            elif entry.source_path is not None:
                 self._copy_file(entry, entry.source_path)
             else:
                 with entry.open() as source:

@@ -61,6 +61,9 @@ def _overlay_xattr(full: bytes, name: bytes) -> bytes | None:
 class OverlaySource:
     """Layer reader over an overlayfs upper directory and its lower layers (lowest first)."""
 
+    # Entries read files from disk, so a reader thread may run ahead of the writer.
+    prefetchable = True
+
     def __init__(
         self,
         upper: str | bytes | os.PathLike[str],
@@ -183,10 +186,11 @@ class OverlaySource:
             kind = ChangeKind.UNMODIFIED
         else:
             kind = ChangeKind.MODIFY
-        entry = entry_from_node(node, kind, self.xattrs)
-        if data_node is not node:
-            entry = _with_source(entry, data_node.full)
-        yield entry
+        if data_node is node:
+            yield entry_from_node(node, kind, self.xattrs, read_ahead=True)
+        else:
+            # The upper file of a metadata-only copy-up has no data: read the lower one.
+            yield _with_source(entry_from_node(node, kind, self.xattrs), data_node.full)
 
     def _metacopy_data(self, node: Node) -> Node:
         """Find the lower file that holds the data of a metadata-only copy-up."""

@@ -120,15 +120,51 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
             up = next(upper_it, None)
 
 
+# Regular files up to this size are read when their entry is made, so that the read
+# happens on the reader thread (see `ocilayer.prefetch`).
+READ_AHEAD_SIZE = 1 << 16
+
+
+def _read_small(node: Node, size: int) -> bytes:
+    """Read a small file whole; a byte more than expected shows that it grew."""
+    try:
+        fd = os.open(node.full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise LayerError(f"cannot read {os.fsdecode(node.full)!r}: {error}") from error
+    if len(data) != size:
+        raise LayerError(
+            f"{os.fsdecode(node.full)!r} changed size while it was being read (expected "
+            f"{size} bytes); export from a layer that is not in use"
+        )
+    return data
+
+
 def entry_from_node(
-    node: Node, kind: ChangeKind, policy: XattrPolicy, st: os.stat_result | None = None
+    node: Node,
+    kind: ChangeKind,
+    policy: XattrPolicy,
+    st: os.stat_result | None = None,
+    *,
+    read_ahead: bool = False,
 ) -> Entry:
-    """Build the entry of a path on disk from its lstat."""
+    """Build the entry of a path on disk from its lstat.
+
+    With `read_ahead`, a regular file of at most READ_AHEAD_SIZE bytes is read now
+    and its data carried in the entry.
+    """
     st = st or node.st
     file_type = FileType.from_mode(st.st_mode)
     linkname = b""
     devmajor = devminor = 0
-    if file_type is FileType.SYMLINK:
+    content = None
+    if file_type is FileType.REGULAR:
+        if read_ahead and 0 < st.st_size <= READ_AHEAD_SIZE and kind is not ChangeKind.UNMODIFIED:
+            content = _read_small(node, st.st_size)
+    elif file_type is FileType.SYMLINK:
         linkname = os.readlink(node.full)
     elif file_type is FileType.CHAR or file_type is FileType.BLOCK:
         devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -148,6 +184,7 @@ def entry_from_node(
         link_key=(st.st_dev, st.st_ino),
         nlink=st.st_nlink,
         source_path=node.full if file_type is FileType.REGULAR else None,
+        content=content,
     )
 
 
@@ -171,6 +208,9 @@ class SnapshotSource:
     `include` limits the changes to the given subtrees (relative paths); parent
     directories of included changes are still written by the tar writer.
     """
+
+    # Entries read files from disk, so a reader thread may run ahead of the writer.
+    prefetchable = True
 
     def __init__(
         self,
@@ -198,7 +238,7 @@ class SnapshotSource:
             if kind is ChangeKind.DELETE:
                 yield Entry(path=node.path, kind=kind)
             else:
-                yield entry_from_node(node, kind, self.xattrs)
+                yield entry_from_node(node, kind, self.xattrs, read_ahead=True)
 
     def lookup(self, path: bytes) -> Entry:
         """Return the current state of a directory of the layer, as a MODIFY entry."""
