@@ -850,6 +850,22 @@ def test_eight_gib_file_applies_as_a_hole(tmp_path: Path) -> None:
     assert result.size == size + 3
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"head" + bytes(3 << 20) + b"tail",
+        b"head" + bytes(3 << 20),
+        bytes(5000),
+    ],
+    ids=["hole-inside", "hole-at-end", "small-zeros"],
+)
+def test_zero_runs_keep_the_content(tmp_path: Path, content: bytes) -> None:
+    root = tmp_path / "root"
+    result = apply(tar(file("f", content)), root)
+    assert (root / "f").read_bytes() == content
+    assert result.size == len(content)
+
+
 def test_truncated_stream_keeps_the_old_file(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(file("etc/motd", "good")), root)

@@ -251,18 +251,22 @@ class Applier:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
         try:
+            ends_in_hole = False
             with entry.open() as content:
                 while chunk := content.read(_COPY_CHUNK):
                     self._check_cancelled()
                     self.bytes_written += len(chunk)
-                    if len(chunk) >= _HOLE_SIZE and chunk == _ZEROS[: len(chunk)]:
-                        # A run of zeros becomes a hole; the truncate below sets the size.
+                    ends_in_hole = len(chunk) >= _HOLE_SIZE and chunk == _ZEROS[: len(chunk)]
+                    if ends_in_hole:
                         os.lseek(fd, len(chunk), os.SEEK_CUR)
                         continue
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-            os.ftruncate(fd, entry.size)
+            if ends_in_hole:
+                # Seeking past the end does not grow a file. (A truncate in every case
+                # would cost ext4 a journal transaction per file.)
+                os.ftruncate(fd, entry.size)
             self.metadata.apply_to_fd(fd, entry)
         except BaseException:
             os.close(fd)
