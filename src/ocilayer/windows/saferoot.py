@@ -77,8 +77,12 @@ class LayerRoot:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, _DIRECTORY_FLAGS)
+        self._cached: tuple[str, int] | None = None
 
     def close(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -94,16 +98,34 @@ class LayerRoot:
         return os.path.join(self.path, *name.split("\\"))
 
     @contextlib.contextmanager
-    def parent(self, name: str) -> Iterator[tuple[int, str]]:
+    def parent(self, name: str, *, cache: bool = True) -> Iterator[tuple[int, str]]:
         """Open the parent directory of `name` without following links.
 
         Yields the parent's descriptor and the base name. Raises UnsafePathError when
-        a component is a symbolic link, and FileNotFoundError when one is missing.
+        a component is a symbolic link, and FileNotFoundError when one is missing. With
+        `cache`, the descriptor stays open for the next name in the same directory
+        (entries come grouped by directory), until another directory or close().
         """
-        parts = name.split("\\")
+        directory, _, base = name.rpartition("\\")
+        if cache and self._cached is not None and self._cached[0] == directory:
+            yield self._cached[1], base
+            return
+        fd = self._open_chain(directory, name)
+        if not cache:
+            try:
+                yield fd, base
+            finally:
+                os.close(fd)
+            return
+        if self._cached is not None:
+            os.close(self._cached[1])
+        self._cached = (directory, fd)
+        yield fd, base
+
+    def _open_chain(self, directory: str, name: str) -> int:
         fd = os.dup(self._fd)
         try:
-            for part in parts[:-1]:
+            for part in directory.split("\\") if directory else []:
                 try:
                     child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
                 except OSError as error:
@@ -115,9 +137,10 @@ class LayerRoot:
                     raise
                 os.close(fd)
                 fd = child
-            yield fd, parts[-1]
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def mkdir(self, name: str) -> None:
         """Create a directory; its parent must exist and the name must be new."""
@@ -136,7 +159,11 @@ class LayerRoot:
 
     def link(self, target: str, name: str) -> None:
         """Create `name` as a new hard link to `target`, both relative to this root."""
-        with self.parent(target) as (target_fd, target_base), self.parent(name) as (fd, base):
+        # The target's parent is opened uncached, because the name's may replace the cache.
+        with (
+            self.parent(target, cache=False) as (target_fd, target_base),
+            self.parent(name) as (fd, base),
+        ):
             os.link(target_base, base, src_dir_fd=target_fd, dst_dir_fd=fd, follow_symlinks=False)
 
     def lexists(self, name: str) -> bool:
