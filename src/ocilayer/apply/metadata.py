@@ -36,6 +36,7 @@ def proc_path(dir_fd: int, name: bytes) -> bytes:
 
     The kernel follows the /proc link of the directory to the directory itself, and the
     caller passes `follow_symlinks=False` so that `name` is not followed.
+    NOTE: so setting xattrs needs /proc mounted; without it they fail with ENOENT.
     """
     return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 

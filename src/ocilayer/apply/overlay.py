@@ -26,6 +26,9 @@ A whiteout for a path that the parent layers do not show is left out, with the
 directories created for it. Without parent layers the applier cannot tell what a
 whiteout hides, so every whiteout is created, with its parent directories.
 
+NOTE: a layer entry that is itself a 0/0 character device is created as one, and
+overlayfs then reads it as a whiteout, so it hides the path instead of showing a device.
+
 Paths are resolved in the merged view: a symlink of the parent layers is followed
 (inside the root) as it would be on the mounted overlay. A hardlink to a file of the
 parent layers first copies that file up, as overlayfs does on link(2).
