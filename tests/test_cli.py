@@ -111,6 +111,9 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
         (["--json"], {}, "--json prints to stdout, so it needs -o FILE"),
         ([], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday' is not"),
         (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
+        (["-o", "{out}/missing/layer.tar"], {}, "/missing' does not exist; create it first"),
+        (["-o", "{out}.tar.bz2"], {}, "OCI layers are plain, gzip or zstd"),
+        (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is negative"),
     ],
 )
 def test_usage_errors(
@@ -120,7 +123,30 @@ def test_usage_errors(
     result = run("export", str(tree), *filled, env=env)
     assert result.returncode == 2
     assert message in result.stderr.decode()
+    assert result.stderr.decode().startswith("usage: ocilayer export ")
     assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+def test_debug_accepted_after_subcommand(tree: Path) -> None:
+    before = run("--debug", "export", str(tree))
+    after = run("export", "--debug", str(tree))
+    assert before.returncode == 0
+    assert after.returncode == 0
+    assert after.stdout == before.stdout
+
+
+def test_include_must_exist(tree: Path) -> None:
+    result = run("export", str(tree), "--include", "nope")
+    assert result.returncode == 1
+    assert "--include 'nope' is not in the layer or its parents" in result.stderr.decode()
+
+
+def test_missing_parent_named_as_parent(tree: Path, tmp_path: Path) -> None:
+    result = run("export", str(tree), "--parent", str(tmp_path / "gone"))
+    assert result.returncode == 1
+    assert f"parent layer directory '{tmp_path / 'gone'}' does not exist" in (
+        result.stderr.decode()
+    )
 
 
 def test_interrupt_leaves_nothing(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ocilayer import __version__
 from ocilayer.cli import apply_command, export_command
@@ -42,10 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="log every step and show tracebacks on errors"
     )
+    # --debug is accepted after the subcommand too; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="log every step and show tracebacks on errors")  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
-        module.add_parser(subparsers)
+        module.add_parser(_WithParents(subparsers, common))
     return parser
+
+
+class _WithParents:
+    """Pass shared options to every subcommand parser that a module adds."""
+
+    def __init__(self, subparsers: Any, common: argparse.ArgumentParser) -> None:
+        self._subparsers = subparsers
+        self._common = common
+
+    def add_parser(self, name: str, **options: Any) -> argparse.ArgumentParser:
+        options.setdefault("parents", []).append(self._common)
+        sub: argparse.ArgumentParser = self._subparsers.add_parser(name, **options)
+        # Usage errors found after parsing print this subcommand's usage line.
+        sub.set_defaults(subparser=sub)
+        return sub
 
 
 def _configure_logging(debug: bool) -> None:
@@ -64,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runner(args)
     except UsageError as error:
-        parser.print_usage(sys.stderr)
+        getattr(args, "subparser", parser).print_usage(sys.stderr)
         print(f"ocilayer: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (KeyboardInterrupt, Cancelled):

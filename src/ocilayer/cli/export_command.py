@@ -155,6 +155,24 @@ def _open_output(target: str) -> Iterator[BinaryIO]:
             yield raw
 
 
+# Suffixes of codecs that OCI layers do not use; writing a plain tar under such a
+# name would mislead whoever reads the file next.
+_UNSUPPORTED_SUFFIXES = (".bz2", ".tbz2", ".xz", ".txz", ".lz4", ".lzma", ".lz", ".br")
+
+
+def _check_output_name(output: str) -> None:
+    from ocilayer.cli import UsageError
+
+    if output.lower().endswith(_UNSUPPORTED_SUFFIXES):
+        raise UsageError(
+            f"-o {output!r}: OCI layers are plain, gzip or zstd; name the file .tar, "
+            ".tar.gz or .tar.zst, or choose a codec with --compression"
+        )
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise UsageError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
+
+
 def run(args: argparse.Namespace) -> int:
     from ocilayer.cli import EXIT_OK, UsageError
 
@@ -163,11 +181,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--json prints to stdout, so it needs -o FILE for the layer")
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
+    if args.threads < 0:
+        raise UsageError(f"--threads {args.threads} is negative; use 0 for one per CPU")
     if args.compression is not None:
         compression = Compression(args.compression)
     elif to_stdout:
         compression = Compression.NONE
     else:
+        _check_output_name(args.output)
         compression = Compression.from_filename(args.output)
     if args.level is not None and args.level not in compression.levels:
         levels = compression.levels

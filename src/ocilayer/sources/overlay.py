@@ -31,6 +31,7 @@ from ocilayer.sources.snapshot import (
     _directory,
     _inside,
     _relative,
+    check_included,
     diff_walks,
     entry_from_node,
     same_file,
@@ -74,9 +75,10 @@ class OverlaySource:
     ) -> None:
         self.root = _directory(upper)
         # Top-most first, the order in which overlayfs looks names up.
-        self.lowers = [_directory(parent) for parent in parent_layer_paths][::-1]
+        self.lowers = [_directory(p, "parent layer") for p in parent_layer_paths][::-1]
         self.xattrs = xattrs
         self.include = tuple(_relative(top) for top in include)
+        check_included(self.include, [self.root, *self.lowers])
         self._lower_dirs = functools.lru_cache(maxsize=4096)(self._find_lower_dirs)
 
     def changes(self) -> Iterator[Entry]:

@@ -221,9 +221,10 @@ class SnapshotSource:
         include: Iterable[bytes] = (),
     ) -> None:
         self.root = _directory(path)
-        self.parents = [_directory(parent) for parent in parent_layer_paths]
+        self.parents = [_directory(parent, "parent layer") for parent in parent_layer_paths]
         self.xattrs = xattrs
         self.include = tuple(_relative(top) for top in include)
+        check_included(self.include, [self.root, *self.parents])
 
     def changes(self) -> Iterator[Entry]:
         """Yield the changes of the layer as entries, in walk order."""
@@ -253,20 +254,33 @@ def _relative(path: bytes) -> bytes:
     return cleaned
 
 
-def _directory(path: str | bytes | os.PathLike[str]) -> bytes:
+def _directory(path: str | bytes | os.PathLike[str], what: str = "layer") -> bytes:
     full = os.fsencode(path)
     try:
         st = os.stat(full)
     except FileNotFoundError:
         raise LayerError(
-            f"layer directory {os.fsdecode(full)!r} does not exist; pass the directory "
-            "that holds the layer's files"
+            f"{what} directory {os.fsdecode(full)!r} does not exist; pass the directory "
+            "that contains the layer's files"
         ) from None
     except OSError as error:
-        raise LayerError(f"cannot read layer directory {os.fsdecode(full)!r}: {error}") from None
+        raise LayerError(f"cannot read {what} directory {os.fsdecode(full)!r}: {error}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise LayerError(f"{os.fsdecode(full)!r} is not a directory; a layer is a directory")
+        raise LayerError(f"{what} {os.fsdecode(full)!r} is not a directory; a layer is a directory")
     return full
+
+
+def check_included(include: tuple[bytes, ...], roots: list[bytes]) -> None:
+    """Raise LayerError for an `include` path found in none of the layer directories.
+
+    A path found only in a parent is valid: its deletion is a change.
+    """
+    for top in include:
+        if not any(os.path.lexists(os.path.join(root, top)) for root in roots):
+            raise LayerError(
+                f"--include {os.fsdecode(top)!r} is not in the layer or its parents; "
+                "give a path relative to the layer directory"
+            )
 
 
 LayerLookup = Callable[[bytes], Entry]
