@@ -7,10 +7,10 @@ with UnsafePathError, and a symlink that points outside is followed inside the r
 (clamped), like a chroot would.
 
 The table follows the cases of containerd's `pkg/archive` breakout test and moby's
-`go-archive` untar tests, written here in this project's terms; where containerd
+`go-archive` untar tests, written here in this project's terms. Where containerd
 expects a same-layer whiteout or a duplicate path to act, the case is split into a
-lower layer and the layer under test, because this applier follows the image spec
-(whiteouts affect lower layers only, and a path may appear once).
+lower layer and the layer under test. This applier follows the image spec: whiteouts
+affect lower layers only, and a path may appear once.
 """
 
 from __future__ import annotations
