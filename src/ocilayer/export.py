@@ -30,7 +30,7 @@ PathArg = str | bytes | os.PathLike[str]
 
 
 class LayerReader(Protocol):
-    """What the tar writer needs from a source: its changes, and lookups of its directories."""
+    """The interface of a layer source: its changes, and lookups of its directories."""
 
     def changes(self) -> Iterator[Entry]: ...
 
@@ -51,7 +51,7 @@ def open_source(
     """Open the layer reader for `path`.
 
     `source` is "snapshot" (a full tree), "overlay" (an overlayfs upper directory)
-    or "auto", which picks overlay only when the directory holds overlay records
+    or "auto", which picks overlay only when the directory contains overlay records
     (whiteout devices or overlay xattrs), and snapshot otherwise. The "tar" source
     reads a layer tar and is opened by `export_layer_to_tar`, which owns its file.
     """

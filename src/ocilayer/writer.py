@@ -173,7 +173,7 @@ class LayerTarWriter:
         if not parent or parent in self._written_dirs:
             return
         self._include_parents(parent)
-        # The lookup may fail for a parent that vanished after the walk; say which.
+        # The lookup fails for a parent removed after the walk, so name it in the error.
         try:
             entry = self._lookup(parent)
         except OSError as error:

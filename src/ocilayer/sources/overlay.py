@@ -116,7 +116,7 @@ class OverlaySource:
         return None
 
     def _find_lower_dirs(self, path: bytes) -> tuple[bytes, ...]:
-        """The directories that make up `path` in the lower view, top-most first."""
+        """Return the directories that make up `path` in the lower view, top-most first."""
         if not path:
             dirs = self.lowers
         else:
@@ -195,7 +195,7 @@ class OverlaySource:
             yield _with_source(entry_from_node(node, kind, self.xattrs), data_node.full)
 
     def _metacopy_data(self, node: Node) -> Node:
-        """Find the lower file that holds the data of a metadata-only copy-up."""
+        """Find the lower file that contains the data of a metadata-only copy-up."""
         redirect = _overlay_xattr(node.full, b"redirect")
         if redirect is None:
             origin_path = node.path
@@ -268,7 +268,7 @@ def _with_source(entry: Entry, source: bytes) -> Entry:
 
 
 def looks_like_upper(path: str | bytes | os.PathLike[str]) -> bool:
-    """Whether a directory holds overlayfs records (whiteout devices or overlay xattrs).
+    """Whether a directory contains overlayfs records (whiteout devices or overlay xattrs).
 
     Used by `--source auto`: only positive evidence counts, because an upper
     directory without deletions or copy-ups looks exactly like a plain tree.
