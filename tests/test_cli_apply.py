@@ -88,14 +88,19 @@ def test_unsafe_entry_fails_naming_it(tmp_path: Path) -> None:
 def test_missing_layer_file_fails(tmp_path: Path) -> None:
     result = run("apply", str(tmp_path / "nope.tar"), str(tmp_path / "root"))
     assert result.returncode == 1
-    assert result.stderr.decode().startswith("ocilayer: error: [Errno 2] No such file")
+    assert result.stderr.decode() == (
+        f"ocilayer: error: cannot open layer tar '{tmp_path / 'nope.tar'}': "
+        "No such file or directory\n"
+    )
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--parent", "/lower"], "--parent needs --target overlay"),
-        (["--diff-id", "md5:0"], "is not a sha256:<hex> digest"),
+        (["--diff-id", "md5:0"], "is not a sha256:<64 lowercase hex digits> digest"),
+        (["--diff-id", "sha256:00"], "'sha256:00' is not a sha256:<64 lowercase hex digits>"),
         (["--target", "zfs"], "invalid choice: 'zfs'"),
     ],
 )

@@ -1,10 +1,12 @@
 """ocilayer: container filesystem layers to OCI layer tar streams, and back.
 
 The main entry points mirror hcsshim's: `export_layer_to_tar` writes a layer
-directory (diffed against its parents) as a layer tar, and `export_changes` yields
-the same changes as entries for callers that want no tar.
+directory (diffed against its parents) as a layer tar, `export_changes` yields the
+same changes as entries for callers that want no tar, and `import_layer_from_tar`
+applies a layer tar to a directory.
 """
 
+from ocilayer.apply import AppliedLayer, import_layer_from_tar
 from ocilayer.compression import Compression
 from ocilayer.digest import Descriptor
 from ocilayer.entry import ChangeKind, Entry, FileType
@@ -15,6 +17,7 @@ from ocilayer.xattrs import XattrPolicy
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppliedLayer",
     "Cancelled",
     "ChangeKind",
     "Compression",
@@ -29,4 +32,5 @@ __all__ = [
     "__version__",
     "export_changes",
     "export_layer_to_tar",
+    "import_layer_from_tar",
 ]

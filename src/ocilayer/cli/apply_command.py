@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ocilayer.apply import import_layer_from_tar
-from ocilayer.errors import Cancelled
+from ocilayer.errors import Cancelled, LayerError
 
 STDIN = "-"
 
@@ -78,7 +79,11 @@ def _open_layer(name: str) -> Iterator[BinaryIO]:
     if name == STDIN:
         yield sys.stdin.buffer
     else:
-        with open(name, "rb") as layer:
+        try:
+            layer = open(name, "rb")  # noqa: SIM115 - closed by the with block below
+        except OSError as error:
+            raise LayerError(f"cannot open layer tar {name!r}: {error.strerror}") from None
+        with layer:
             yield layer
 
 
@@ -92,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.layer == STDIN and sys.stdin.isatty():
         raise UsageError("refusing to read a tar from a terminal; give a file or a pipe")
-    if args.diff_id is not None and not args.diff_id.startswith("sha256:"):
-        raise UsageError(f"--diff-id {args.diff_id!r} is not a sha256:<hex> digest")
+    if args.diff_id is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", args.diff_id):
+        raise UsageError(
+            f"--diff-id {args.diff_id!r} is not a sha256:<64 lowercase hex digits> digest"
+        )
 
     if args.kind == "windows":
         return _run_windows(args)
