@@ -3,7 +3,8 @@
 Each group of commands works on one input tree (see build_trees.py). A group runs
 one untimed warm-up round, then `--runs` timed rounds; in each round hyperfine runs
 every command of the group once, back to back, so the commands are interleaved and
-the page cache stays warm. The table shows the median of the timed rounds. Outputs
+the page cache stays warm. Before each command, an untimed `sync` writes back what
+the previous one wrote. The table shows the median of the timed rounds. Outputs
 go to files under `<work dir>/out`; extractions go to a fresh directory every run
 (the previous one is moved aside and deleted at the end, because creating files
 right after deleting many is several times slower on ext4).
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +72,8 @@ class Group:
     title: str
     commands: list[Command]
     comparisons: list[Comparison]
+    # Timed rounds when the group needs fewer than --runs (peak RSS varies little).
+    max_runs: int | None = None
 
 
 @dataclass
@@ -102,6 +106,19 @@ class Workspace:
         self.ocilayer = ocilayer.shell
         self.out.mkdir(parents=True, exist_ok=True)
         self.trash.mkdir(parents=True, exist_ok=True)
+
+    def discard_trash(self) -> None:
+        """Delete the old extraction targets in a background process that outlives this one.
+
+        Deleting millions of files takes minutes, and it is left to the end (see the
+        module docstring). A run started while it goes on shares the disk with it.
+        """
+        if not self.trash.exists():
+            return
+        doomed = self.trash.with_name(f"trash-{time.time_ns()}")
+        self.trash.rename(doomed)
+        subprocess.Popen(["rm", "-rf", "--", str(doomed)], start_new_session=True)
+        print(f"deleting {doomed} in the background", file=sys.stderr)
 
     def fresh_dir_prepare(self, target: Path) -> str:
         """Return a shell line that moves `target` aside and creates it empty."""
@@ -258,7 +275,7 @@ def memory_group(ws: Workspace, small_20k: Path, small_200k: Path) -> Group:
                 f"{ws.ocilayer} export {shlex.quote(str(tree))} -o {ws.out / 'memory.tar'}")
         for tree in (small_20k, small_200k)
     ]  # fmt: skip
-    return Group("memory", "peak RSS, 20k against 200k small files", commands, [])
+    return Group("memory", "peak RSS, 20k against 200k small files", commands, [], max_runs=1)
 
 
 GROUP_NAMES = [
@@ -294,9 +311,9 @@ def build_groups(ws: Workspace, names: list[str]) -> list[Group]:
 def run_round(group: Group, json_path: Path, log: Path) -> list[tuple[float, float]]:
     """Run every command of `group` once under hyperfine; return wall and CPU seconds."""
     command = ["hyperfine", "--runs", "1", "--style", "basic", "--export-json", str(json_path)]
-    if any(item.prepare for item in group.commands):
-        for item in group.commands:
-            command += ["--prepare", item.prepare or "true"]
+    for item in group.commands:
+        # sync first, so no command is slowed by writing back the previous one's output.
+        command += ["--prepare", f"sync; {item.prepare}" if item.prepare else "sync"]
     for item in group.commands:
         command += ["--command-name", item.label, item.line]
     with open(log, "a") as out:
@@ -310,8 +327,7 @@ def run_round(group: Group, json_path: Path, log: Path) -> list[tuple[float, flo
 
 def peak_rss_kib(item: Command, scratch: Path) -> int:
     """Run a command once under GNU time and return its peak RSS in KiB."""
-    if item.prepare:
-        subprocess.run(["sh", "-c", item.prepare], check=True)
+    subprocess.run(["sh", "-c", f"sync; {item.prepare}" if item.prepare else "sync"], check=True)
     report = scratch / "rss.txt"
     subprocess.run(
         ["/usr/bin/time", "-f", "%M", "-o", str(report), "sh", "-c", item.line],
@@ -424,11 +440,11 @@ def main() -> int:
         for group in groups:
             print(f"{group.name}: {len(group.commands)} commands, {args.runs} runs",
                   file=sys.stderr, flush=True)  # fmt: skip
-            results[group.name] = measure(group, args.runs, ws)
+            runs = min(args.runs, group.max_runs or args.runs)
+            results[group.name] = measure(group, runs, ws)
             loads[group.name] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     finally:
-        # Deleting is left to the end: see the module docstring.
-        shutil.rmtree(ws.trash, ignore_errors=True)
+        ws.discard_trash()
 
     tables = format_tables(groups, results)
     machine = describe_machine(ws.work_dir)
