@@ -101,6 +101,12 @@ class OverlaySource:
 
     def lower_node(self, path: bytes) -> Node | None:
         """Look a path up in the merged lower layers, as overlayfs would."""
+        for full, st in self._versions(path):
+            return Node(path, st, full)
+        return None
+
+    def _versions(self, path: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+        """Yield each lower layer's version of `path`, top-most first, until a whiteout."""
         parent, _, name = path.rpartition(b"/")
         for directory in self._lower_dirs(parent):
             full = os.path.join(directory, name)
@@ -108,28 +114,20 @@ class OverlaySource:
                 st = os.lstat(full)
             except FileNotFoundError:
                 if os.path.lexists(os.path.join(directory, WHITEOUT_PREFIX + name)):
-                    return None
+                    return
                 continue
             if is_overlay_whiteout(st, full):
-                return None
-            return Node(path, st, full)
-        return None
+                return
+            yield full, st
 
     def _find_lower_dirs(self, path: bytes) -> tuple[bytes, ...]:
         """Return the directories that make up `path` in the lower view, top-most first."""
         if not path:
             dirs = self.lowers
         else:
-            parent, _, name = path.rpartition(b"/")
             dirs = []
-            for directory in self._lower_dirs(parent):
-                full = os.path.join(directory, name)
-                try:
-                    st = os.lstat(full)
-                except FileNotFoundError:
-                    if os.path.lexists(os.path.join(directory, WHITEOUT_PREFIX + name)):
-                        break
-                    continue
+            for full, st in self._versions(path):
+                # A non-directory hides the directories below it.
                 if not stat.S_ISDIR(st.st_mode):
                     break
                 dirs.append(full)
