@@ -2,10 +2,11 @@
 
 - `rootfs/base`: a Debian bookworm minbase rootfs from debootstrap, from the mirror
   that apt on this machine uses.
-- `rootfs/next`: a copy of it with the changes of a typical image build: packages
-  installed with apt-get in a chroot and purged with dpkg, apt's caches cleaned, a
-  user added, a directory deleted, files modified, type changes, modes and owners
-  changed, hardlinks, xattrs, a FIFO, a device node, long and non-UTF-8 names.
+- `rootfs/next`: a copy of it with the changes of a typical image build. Packages are
+  installed with apt-get in a chroot and purged with dpkg, apt's caches cleaned and a
+  user added. Then a directory is deleted, files modified, types, modes and owners
+  changed, and hardlinks, xattrs, a FIFO, a device node, a long name and a non-UTF-8
+  name added.
 - `small-20k`, `small-200k`: that many files of 0-4 KiB (random bytes from a fixed
   seed), 100 files a directory, two directory levels.
 - `big`: four 1 GiB files.

@@ -4,7 +4,7 @@ Two views:
 
 - stages: each step of the export run alone over the whole tree (walk with lstat,
   listxattr, entry creation, header encoding, reading file data, sha256 of the
-  stream), then the whole export into a file, all timed with `time.perf_counter`
+  stream), then the whole export into a file. Each is timed with `time.perf_counter`
   on a warm page cache. The stages overlap (entry creation includes the walk), so
   read each one against the full export, not as parts that add up exactly.
 - profile: the whole export under cProfile (exact call counts, inflated per-call

@@ -3,7 +3,7 @@
 1. Export the debootstrap rootfs (`rootfs/base`) as a base layer and its changed
    version (`rootfs/next`) as a diff layer with `--parent rootfs/base`.
 2. Apply both with GNU tar onto an empty directory and compare the result with
-   `rootfs/next` in every attribute (see treecompare.py). GNU tar knows nothing of
+   `rootfs/next` in every attribute (see treecompare.py). GNU tar does not handle
    whiteouts, so before each layer this script does what a layer applier does: it
    deletes each whited-out path and each directory that a non-directory entry
    replaces. Then GNU tar extracts everything but the whiteout entries.
@@ -201,8 +201,8 @@ def _record_roundtrip(
     """Print and record the differences of one round trip.
 
     A directory whose only difference is its mtime, and that the diff layer does not
-    contain, is listed apart: continuity's `fs.Changes`, which containerd's WriteDiff
-    uses and ocilayer follows, never compares the mtimes of directories, so a
+    contain, is listed apart. continuity's `fs.Changes`, which containerd's WriteDiff
+    uses and ocilayer follows, never compares the mtimes of directories. So a
     directory whose children were added and removed again is not part of the layer.
     """
     in_layer = {entry.name.rstrip(b"/") for entry in layer}

@@ -1,7 +1,7 @@
 """Time ocilayer against GNU tar, bsdtar, pigz, gzip, zstd, umoci and containerd's WriteDiff.
 
 Each group of commands works on one input tree (see build_trees.py). A group runs
-one untimed warm-up round, then `--runs` timed rounds; in each round hyperfine runs
+one untimed warm-up round, then `--runs` timed rounds. In each round hyperfine runs
 every command of the group once, back to back, so the commands are interleaved and
 the page cache stays warm. Before each command, an untimed `sync` writes back what
 the previous one wrote. The table shows the median of the timed rounds. Outputs
@@ -58,7 +58,11 @@ class Command:
 
 @dataclass
 class Comparison:
-    """A ratio to report: the ocilayer command, the peer, and the issue's target ratio."""
+    """A ratio to report: the ocilayer command, the peer, and the target ratios.
+
+    The targets are the project's speed goals: ocilayer's time (and output size) as a
+    multiple of the peer's, at most.
+    """
 
     ours: str
     peer: str
@@ -204,7 +208,7 @@ def prepare_umoci(ws: Workspace, base: Path, next_tree: Path) -> tuple[Path, Pat
 
 
 def diff_group(ws: Workspace, base: Path, next_tree: Path) -> Group:
-    """The rootfs change as a diff layer: ocilayer, umoci repack, containerd's WriteDiff."""
+    """Export the rootfs change as a diff layer: ocilayer, umoci repack, containerd's WriteDiff."""
     lower, upper = shlex.quote(str(base)), shlex.quote(str(next_tree))
     diff_tar, diff_gz = ws.out / "diff-ocilayer.tar", ws.out / "diff-ocilayer.tar.gz"
     commands = [

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Attributes:
-    """What a layer records of one path."""
+    """The attributes a layer records for one path."""
 
     type: str
     mode: int
