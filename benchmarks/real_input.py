@@ -7,7 +7,8 @@
    whiteouts, so before each layer this script does what a layer applier does: it
    deletes each whited-out path and each directory that a non-directory entry
    replaces. Then GNU tar extracts everything but the whiteout entries.
-3. Export both layers again with `--xattrs capability` and compare them, entry by
+3. Apply the same two layers with ocilayer's own applier and compare again.
+4. Export both layers again with `--xattrs capability` and compare them, entry by
    entry and byte by byte, with what containerd's `archive.WriteDiff` writes for the
    same trees. Only the mtime of whiteouts may differ: containerd 1.6 writes the
    current time there, ocilayer writes 0.
@@ -189,7 +190,7 @@ def check_roundtrip(
     apply_with_gnu_tar(diff_tar, diff_entries, target)
     _record_roundtrip(
         report,
-        "base + diff layer vs rootfs/next",
+        "GNU tar apply, base + diff layer vs rootfs/next",
         compare_trees(snapshot_tree(next_tree), snapshot_tree(target)),
         diff_entries,
     )
@@ -215,7 +216,7 @@ def _record_roundtrip(
     report.roundtrip[label] = [problem.text for problem in others]
     report.directory_mtimes[label] = [problem.text for problem in unchanged_dirs]
     verdict = "equal" if not problems else f"{len(problems)} difference(s)"
-    print(f"GNU tar round trip, {label}: {verdict}")
+    print(f"{label}: {verdict}")
     for problem in others[:LIST_LIMIT]:
         print(f"  {problem.text}")
     if len(others) > LIST_LIMIT:
@@ -227,6 +228,36 @@ def _record_roundtrip(
         )
         for problem in unchanged_dirs[:LIST_LIMIT]:
             print(f"    {problem.text}")
+
+
+def check_ocilayer_apply(
+    ocilayer: Ocilayer, base: Path, next_tree: Path, out: Path, report: Report
+) -> None:
+    """Apply the base and diff layers with ocilayer's own applier and compare the trees.
+
+    Uses the layers check_roundtrip wrote. `ocilayer apply` is used when the command
+    exists, else apply_layer.py, which calls the same library function.
+    """
+    probe = subprocess.run(
+        [*ocilayer.argv, "apply", "--help"], capture_output=True, check=False, env=ocilayer.env
+    )
+    if probe.returncode == 0:
+        command = [*ocilayer.argv, "apply"]
+    else:
+        command = [sys.executable, str(Path(__file__).with_name("apply_layer.py"))]
+    target = out / f"ocilayer-applied-{time.time_ns()}"
+    for layer, tree in (("base", base), ("diff", next_tree)):
+        start = time.perf_counter()
+        run([*command, out / f"{layer}.tar", target], env=ocilayer.env)
+        seconds = time.perf_counter() - start
+        print(f"ocilayer apply of the {layer} layer: {seconds:.2f} s")
+        label = (
+            f"ocilayer apply, {'base' if layer == 'base' else 'base + diff'} layer vs {tree.name}"
+        )
+        layer_entries = read_entries_from(str(out / "diff.tar")) if layer == "diff" else []
+        _record_roundtrip(
+            report, label, compare_trees(snapshot_tree(tree), snapshot_tree(target)), layer_entries
+        )
 
 
 def check_containerd(
@@ -296,6 +327,7 @@ def main() -> int:
 
     report = Report(strict=not args.allow_directory_mtimes)
     check_roundtrip(ocilayer, base, next_tree, out, report)
+    check_ocilayer_apply(ocilayer, base, next_tree, out, report)
     check_containerd(ocilayer, base, next_tree, out, work_dir, report)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     print(f"report: {out / 'report.json'}")
