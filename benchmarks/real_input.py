@@ -183,7 +183,7 @@ def check_roundtrip(
     apply_with_gnu_tar(base_tar, base_entries, target)
     _record_roundtrip(
         report,
-        "base layer vs rootfs/base",
+        "GNU tar apply, base layer vs rootfs/base",
         compare_trees(snapshot_tree(base), snapshot_tree(target)),
         [],
     )
