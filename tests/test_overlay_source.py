@@ -251,3 +251,55 @@ def test_auto_detects_upper_directory_only_with_evidence(tmp_path: Path) -> None
 
     assert isinstance(open_source(upper, source="auto"), OverlaySource)
     assert not isinstance(open_source(plain, source="auto"), OverlaySource)
+
+
+@pytest.mark.parametrize(
+    ("name", "redirect"),
+    [
+        ("loot", b"/../outside"),
+        ("loot", b"../outside"),
+        ("loot", b"a/../../outside"),
+        ("loot", b"/etc/./x"),
+        ("loot", b"/"),
+    ],
+)
+def test_redirect_outside_layers_rejected(tmp_path: Path, name: str, redirect: bytes) -> None:
+    write(tmp_path / "outside" / "secret", b"host data")
+    lower = tmp_path / "lower"
+    write(lower / "etc" / "x", b"x")
+    upper = tmp_path / "upper"
+    (upper / name).mkdir(parents=True)
+    os.setxattr(upper / name, "user.overlay.redirect", redirect)
+
+    with pytest.raises(LayerError, match=r"upper/loot' carries overlay.redirect=.*not name a path"):
+        export_bytes(upper, [lower], source="overlay")
+
+
+def test_metacopy_redirect_outside_layers_rejected(tmp_path: Path) -> None:
+    write(tmp_path / "secret", b"host data")
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    upper = tmp_path / "upper"
+    write(upper / "innocent", b"")
+    os.truncate(upper / "innocent", 9)
+    os.setxattr(upper / "innocent", "trusted.overlay.metacopy", b"")
+    os.setxattr(upper / "innocent", "trusted.overlay.redirect", b"/../secret")
+
+    with pytest.raises(LayerError, match=r"upper/innocent' carries overlay.redirect"):
+        export_bytes(upper, [lower], source="overlay")
+
+
+def test_other_namespace_is_plain_xattrs(tmp_path: Path) -> None:
+    """With the mount's trusted.* marks on the upper root, user.overlay.* steers nothing."""
+    lower = tmp_path / "lower"
+    write(lower / "d" / "old", b"old")
+    upper = tmp_path / "upper"
+    write(upper / "d" / "new", b"new")
+    os.setxattr(upper, "trusted.overlay.impure", b"y")
+    os.setxattr(upper / "d", "user.overlay.opaque", b"y")
+    write(upper / "gone", b"")
+    os.setxattr(upper / "gone", "user.overlay.whiteout", b"")
+
+    data, _ = export_bytes(upper, [lower], source="overlay")
+
+    assert shorts(data) == ["d d/", "f d/new", "f gone"]

@@ -51,12 +51,55 @@ from ocilayer.sources.union import (
 from ocilayer.xattrs import XattrPolicy
 
 
-def _overlay_xattr(full: bytes, name: bytes) -> bytes | None:
-    for namespace in OVERLAY_XATTR_NAMESPACES:
+def _overlay_xattr(
+    full: bytes, name: bytes, namespaces: tuple[bytes, ...] = OVERLAY_XATTR_NAMESPACES
+) -> bytes | None:
+    for namespace in namespaces:
         value = get_xattr(full, namespace + b"overlay." + name)
         if value is not None:
             return value
     return None
+
+
+def _mount_namespaces(root: bytes) -> tuple[bytes, ...]:
+    """Guess which xattr namespace the overlay mount used, from the upper root.
+
+    The kernel marks the upper root of a mount (`overlay.impure`, `overlay.uuid`,
+    `overlay.origin`) in the namespace it uses: `trusted.` normally, `user.` with
+    the `userxattr` option. In the other namespace, `overlay.*` names are ordinary
+    xattrs that any process in the container may set, so they must not steer the
+    export. Without marks on the root, both namespaces are read.
+    """
+    try:
+        names = [os.fsencode(name) for name in os.listxattr(root)]
+    except OSError:
+        return OVERLAY_XATTR_NAMESPACES
+    found = tuple(ns for ns in OVERLAY_XATTR_NAMESPACES if any(
+        name.startswith(ns + b"overlay.") for name in names))  # fmt: skip
+    return found if len(found) == 1 else OVERLAY_XATTR_NAMESPACES
+
+
+def redirect_origin(path: bytes, redirect: bytes, where: bytes) -> bytes:
+    """Return the layer path an `overlay.redirect` value names, for the entry at `path`.
+
+    An absolute redirect is a path from the layer root, a relative one a name in the
+    same directory. A value with empty, `.` or `..` components would lead outside
+    the layers, so it raises LayerError naming the file `where`.
+    """
+    if redirect.startswith(b"/"):
+        parts = redirect[1:].split(b"/")
+    else:
+        parent = path.rpartition(b"/")[0]
+        parts = [*parent.split(b"/"), redirect] if parent else [redirect]
+        if b"/" in redirect:
+            parts = [b""]
+    if any(part in (b"", b".", b"..") or b"\x00" in part for part in parts):
+        raise LayerError(
+            f"{os.fsdecode(where)!r} carries overlay.redirect={os.fsdecode(redirect)!r}, "
+            "which does not name a path inside the layers; the upper directory is damaged "
+            "or was crafted, so export the mounted view with --source snapshot instead"
+        )
+    return b"/".join(parts)
 
 
 class OverlaySource:
@@ -79,6 +122,7 @@ class OverlaySource:
         self.xattrs = xattrs
         self.include = tuple(_relative(top) for top in include)
         check_included(self.include, [self.root, *self.lowers])
+        self.namespaces = _mount_namespaces(self.root)
         self._lower_dirs = functools.lru_cache(maxsize=4096)(self._find_lower_dirs)
 
     def changes(self) -> Iterator[Entry]:
@@ -143,7 +187,7 @@ class OverlaySource:
     def _walk(self, directory: bytes, prefix: bytes, below_opaque: bool) -> Iterator[Entry]:
         for name, st, full in sorted(_scan(directory)):
             node = Node(prefix + name, st, full)
-            if is_overlay_whiteout(st, full):
+            if is_overlay_whiteout(st, full, self.namespaces):
                 if not below_opaque and self.lower_node(node.path) is not None:
                     yield Entry(path=node.path, kind=ChangeKind.DELETE)
                 continue
@@ -159,7 +203,7 @@ class OverlaySource:
     def _directory_changes(
         self, node: Node, lower: Node | None, below_opaque: bool
     ) -> Iterator[Entry]:
-        redirect = _overlay_xattr(node.full, b"redirect")
+        redirect = _overlay_xattr(node.full, b"redirect", self.namespaces)
         if redirect is not None:
             yield from self._redirected(node, lower, redirect)
             return
@@ -167,7 +211,7 @@ class OverlaySource:
             yield entry_from_node(node, ChangeKind.ADD, self.xattrs)
         elif not same_file(lower, node):
             yield entry_from_node(node, ChangeKind.MODIFY, self.xattrs)
-        opaque = is_overlay_opaque(node.full)
+        opaque = is_overlay_opaque(node.full, self.namespaces)
         lower_is_dir = lower is not None and stat.S_ISDIR(lower.st.st_mode)
         if opaque and lower_is_dir:
             yield Entry(path=node.path, kind=ChangeKind.OPAQUE)
@@ -176,7 +220,7 @@ class OverlaySource:
 
     def _file_change(self, node: Node, lower: Node | None) -> Iterator[Entry]:
         data_node = node
-        if _overlay_xattr(node.full, b"metacopy") is not None:
+        if _overlay_xattr(node.full, b"metacopy", self.namespaces) is not None:
             data_node = self._metacopy_data(node)
         if lower is None:
             kind = ChangeKind.ADD
@@ -194,14 +238,11 @@ class OverlaySource:
 
     def _metacopy_data(self, node: Node) -> Node:
         """Find the lower file that contains the data of a metadata-only copy-up."""
-        redirect = _overlay_xattr(node.full, b"redirect")
+        redirect = _overlay_xattr(node.full, b"redirect", self.namespaces)
         if redirect is None:
             origin_path = node.path
-        elif redirect.startswith(b"/"):
-            origin_path = redirect.strip(b"/")
         else:
-            parent = node.path.rpartition(b"/")[0]
-            origin_path = parent + b"/" + redirect if parent else redirect
+            origin_path = redirect_origin(node.path, redirect, node.full)
         origin = self.lower_node(origin_path)
         if origin is None or not stat.S_ISREG(origin.st.st_mode):
             raise LayerError(
@@ -224,11 +265,7 @@ class OverlaySource:
         old path (the redirect). Nested redirects and metacopy files inside are not
         followed and raise an error that names them.
         """
-        if redirect.startswith(b"/"):
-            origin = redirect.strip(b"/")
-        else:
-            parent = node.path.rpartition(b"/")[0]
-            origin = parent + b"/" + redirect if parent else redirect
+        origin = redirect_origin(node.path, redirect, node.full)
         origin_node = self.lower_node(origin)
         sources = [node.full]
         if origin_node is not None and stat.S_ISDIR(origin_node.st.st_mode):
@@ -250,7 +287,7 @@ class OverlaySource:
 
     def _check_plain(self, node: Node) -> Node:
         for name in (b"redirect", b"metacopy"):
-            if _overlay_xattr(node.full, name) is not None:
+            if _overlay_xattr(node.full, name, self.namespaces) is not None:
                 raise LayerError(
                     f"{os.fsdecode(node.full)!r} carries overlay.{name.decode()} inside a "
                     "renamed directory, which ocilayer cannot follow; export the mounted "

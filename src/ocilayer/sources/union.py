@@ -46,25 +46,28 @@ def get_xattr(full: bytes, name: bytes) -> bytes | None:
         raise
 
 
-def is_overlay_opaque(full: bytes) -> bool:
-    """Whether a directory carries `overlay.opaque=y` in the trusted or user namespace.
+def is_overlay_opaque(
+    full: bytes, namespaces: tuple[bytes, ...] = OVERLAY_XATTR_NAMESPACES
+) -> bool:
+    """Whether a directory carries `overlay.opaque=y` in one of `namespaces`.
 
     The value `x` only says the directory may hold xattr whiteouts; it is not opaque.
     """
-    return any(get_xattr(full, ns + b"overlay.opaque") == b"y" for ns in OVERLAY_XATTR_NAMESPACES)
+    return any(get_xattr(full, ns + b"overlay.opaque") == b"y" for ns in namespaces)
 
 
-def is_overlay_whiteout(st: os.stat_result, full: bytes) -> bool:
+def is_overlay_whiteout(
+    st: os.stat_result, full: bytes, namespaces: tuple[bytes, ...] = OVERLAY_XATTR_NAMESPACES
+) -> bool:
     """Whether a file is an overlayfs whiteout: a 0/0 char device, or an xattr whiteout.
 
-    An xattr whiteout is a zero-size regular file carrying `overlay.whiteout`.
+    An xattr whiteout is a zero-size regular file carrying `overlay.whiteout` in one
+    of `namespaces`.
     """
     if stat.S_ISCHR(st.st_mode):
         return st.st_rdev == 0
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        return any(
-            get_xattr(full, ns + b"overlay.whiteout") is not None for ns in OVERLAY_XATTR_NAMESPACES
-        )
+        return any(get_xattr(full, ns + b"overlay.whiteout") is not None for ns in namespaces)
     return False
 
 
