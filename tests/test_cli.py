@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -113,7 +114,7 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
         (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
         (["-o", "{out}/missing/layer.tar"], {}, "/missing' does not exist; create it first"),
         (["-o", "{out}.tar.bz2"], {}, "OCI layers are plain, gzip or zstd"),
-        (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is negative"),
+        (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is out of range"),
     ],
 )
 def test_usage_errors(
@@ -202,3 +203,63 @@ def test_cancel_before_start_writes_nothing(tree: Path) -> None:
     with pytest.raises(Cancelled):
         export_layer_to_tar(out, tree, cancel=cancel)
     assert out.getvalue() == b""
+
+
+def test_output_to_device_writes_through(tree: Path, tmp_path: Path) -> None:
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    result = run("export", str(tree), "-o", str(null))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert os.lstat(null).st_rdev == os.makedev(1, 3)
+
+
+def test_output_through_symlink_keeps_link(tree: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real.tar"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.tar"
+    link.symlink_to(real)
+    result = run("export", str(tree), "-o", str(link))
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    assert [item.name for item in read_tar(real.read_bytes())] == [b"etc/", b"etc/hosts"]
+
+
+def test_output_to_full_disk_names_output(tree: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [*OCILAYER, "export", str(tree)], stdout=full, stderr=subprocess.PIPE, check=False
+        )
+    assert result.returncode == 1
+    assert result.stderr == b"ocilayer: error: cannot write the layer: No space left on device\n"
+
+
+def test_output_inside_layer_rejected(tree: Path) -> None:
+    result = run("export", str(tree), "-o", str(tree / "etc" / "layer.tar"))
+    assert result.returncode == 2
+    assert f"is inside the layer directory '{tree}'" in result.stderr.decode()
+    assert sorted(os.listdir(tree / "etc")) == ["hosts"]
+
+
+@pytest.mark.parametrize("root", [".", "/", "./"])
+def test_include_root_is_whole_layer(tree: Path, root: str) -> None:
+    whole = run("export", str(tree))
+    included = run("export", str(tree), "--include", root)
+    assert included.returncode == 0
+    assert included.stdout == whole.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--source-date-epoch", "-1"], {}, "--source-date-epoch -1 is out of range"),
+        ([], {"SOURCE_DATE_EPOCH": "99999999999999"}, "SOURCE_DATE_EPOCH 99999999999999 is out"),
+        (["--threads", "5000"], {}, "--threads 5000 is out of range; use 1-256"),
+    ],
+)
+def test_out_of_range_numbers(
+    tree: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run("export", str(tree), *args, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

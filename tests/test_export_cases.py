@@ -371,3 +371,18 @@ def test_setuid_setgid_sticky_kept(tmp_path: Path) -> None:
         (b"su", 0o4755),
         (b"tmp/", 0o1777),
     ]
+
+
+def test_file_swapped_for_fifo_fails(tmp_path: Path) -> None:
+    """A path that became a FIFO after the walk is an error, not a hang."""
+    from ocilayer import LayerError
+    from ocilayer.entry import Entry
+    from ocilayer.writer import LayerTarWriter
+
+    fifo = tmp_path / "swapped"
+    os.mkfifo(fifo)
+    entry = Entry(path=b"swapped", size=5, source_path=os.fsencode(fifo))
+    writer = LayerTarWriter(io.BytesIO(), lambda path: pytest.fail(f"lookup {path!r}"))
+
+    with pytest.raises(LayerError, match=r"swapped' is no longer a regular file"):
+        writer.add(entry)

@@ -19,5 +19,9 @@ class UnsafePathError(OcilayerError):
     """An entry would write outside the target root, or has an invalid name."""
 
 
+class OutputError(OcilayerError):
+    """Writing the layer to its destination failed (disk full, closed pipe, ...)."""
+
+
 class Cancelled(OcilayerError):
     """The operation was cancelled before it finished."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -13,6 +14,27 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open an output path for a layer: atomically for a file, directly for anything else.
+
+    A symlink is followed, so `-o link` updates the file the link points at. A path
+    that exists and is not a regular file (a device such as /dev/null, a FIFO) is
+    written in place: renaming a temporary file over it would replace the device.
+    """
+    try:
+        is_regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        is_regular = True
+    if is_regular:
+        with atomic_output(os.path.realpath(path)) as raw:
+            yield raw
+        return
+    # open() follows the link, including /proc's magic links such as /dev/stdout.
+    with open(path, "wb", buffering=0) as raw:
+        yield raw
 
 
 @contextlib.contextmanager

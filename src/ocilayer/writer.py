@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import LayerError, OcilayerError
+from ocilayer.errors import LayerError, OcilayerError, OutputError
+from ocilayer.sources.snapshot import open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
@@ -138,8 +139,19 @@ class LayerTarWriter:
 
     def flush(self) -> None:
         if self._buffer:
-            self._out.write(self._buffer)
+            self._write_out(self._buffer)
             self._buffer = bytearray()
+
+    def _write_out(self, data: bytes | bytearray | memoryview) -> None:
+        """Write to the destination; its errors are about the output, never an input file."""
+        try:
+            self._out.write(data)
+        except BrokenPipeError:
+            raise OutputError(
+                "cannot write the layer: the reading end of the pipe closed"
+            ) from None
+        except OSError as error:
+            raise OutputError(f"cannot write the layer: {error.strerror or error}") from error
 
     def _header(self, entry: Entry) -> TarHeader:
         mtime_ns = entry.mtime_ns
@@ -190,7 +202,7 @@ class LayerTarWriter:
     def _emit(self, data: bytes | bytearray | memoryview) -> None:
         if len(data) >= _BUFFER_SIZE:
             self.flush()
-            self._out.write(data)
+            self._write_out(data)
             return
         self._buffer += data
         if len(self._buffer) >= _BUFFER_SIZE:
@@ -213,7 +225,7 @@ class LayerTarWriter:
 
     def _copy_file(self, entry: Entry, path: bytes) -> None:
         """Copy a file's data, writing its holes as zeros without reading them."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path)
         if entry.size <= _SMALL_FILE:
             # One read returns the whole file, and a byte more if it grew.
             try:

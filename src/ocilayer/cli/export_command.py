@@ -12,10 +12,14 @@ from typing import Any, BinaryIO
 
 from ocilayer.compression import Compression
 from ocilayer.export import export_layer_to_tar
-from ocilayer.sink import atomic_output
+from ocilayer.sink import open_output
 from ocilayer.xattrs import XattrPolicy
 
 STDOUT = "-"
+# More compression threads than this only cost memory and start-up time.
+MAX_THREADS = 256
+# SOURCE_DATE_EPOCH values that every tar reader can hold: 0 to the end of year 9999.
+MAX_EPOCH = 253_402_300_799
 
 
 def add_parser(subparsers: Any) -> None:
@@ -133,16 +137,22 @@ def _source_date_epoch(args: argparse.Namespace) -> int | None:
     from ocilayer.cli import UsageError
 
     if args.source_date_epoch is not None:
-        return int(args.source_date_epoch)
-    text = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(
-            f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds; fix or unset it"
-        ) from None
+        epoch = int(args.source_date_epoch)
+        where = "--source-date-epoch"
+    else:
+        text = os.environ.get("SOURCE_DATE_EPOCH", "")
+        if not text:
+            return None
+        try:
+            epoch = int(text)
+        except ValueError:
+            raise UsageError(
+                f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds; fix or unset it"
+            ) from None
+        where = "SOURCE_DATE_EPOCH"
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise UsageError(f"{where} {epoch} is out of range; use 0-{MAX_EPOCH} (Unix seconds)")
+    return epoch
 
 
 @contextlib.contextmanager
@@ -151,7 +161,7 @@ def _open_output(target: str) -> Iterator[BinaryIO]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
     else:
-        with atomic_output(target) as raw:
+        with open_output(target) as raw:
             yield raw
 
 
@@ -173,6 +183,20 @@ def _check_output_name(output: str) -> None:
         raise UsageError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
 
 
+def _check_output_outside(output: str, layers: list[str]) -> None:
+    """Reject an output file inside a layer directory: the export would read it back in."""
+    from ocilayer.cli import UsageError
+
+    target = os.path.realpath(output)
+    for layer in layers:
+        root = os.path.realpath(layer)
+        if os.path.isdir(root) and target.startswith(root.rstrip("/") + "/"):
+            raise UsageError(
+                f"-o {output!r} is inside the layer directory {layer!r}; write the layer "
+                "somewhere else"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from ocilayer.cli import EXIT_OK, UsageError
 
@@ -181,8 +205,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--json prints to stdout, so it needs -o FILE for the layer")
     if to_stdout and sys.stdout.isatty():
         raise UsageError("refusing to write a tar to a terminal; use -o FILE or a pipe")
-    if args.threads < 0:
-        raise UsageError(f"--threads {args.threads} is negative; use 0 for one per CPU")
+    if not 0 <= args.threads <= MAX_THREADS:
+        raise UsageError(
+            f"--threads {args.threads} is out of range; use 1-{MAX_THREADS}, or 0 for one per CPU"
+        )
+    if not to_stdout:
+        _check_output_outside(args.output, [args.layer, *args.parent])
     if args.compression is not None:
         compression = Compression(args.compression)
     elif to_stdout:

@@ -30,10 +30,10 @@ from ocilayer.sources.snapshot import (
     _check_name,
     _directory,
     _inside,
-    _relative,
     check_included,
     diff_walks,
     entry_from_node,
+    included_paths,
     same_file,
 )
 from ocilayer.sources.union import (
@@ -120,7 +120,7 @@ class OverlaySource:
         # Top-most first, the order in which overlayfs looks names up.
         self.lowers = [_directory(p, "parent layer") for p in parent_layer_paths][::-1]
         self.xattrs = xattrs
-        self.include = tuple(_relative(top) for top in include)
+        self.include = included_paths(include)
         check_included(self.include, [self.root, *self.lowers])
         self.namespaces = _mount_namespaces(self.root)
         self._lower_dirs = functools.lru_cache(maxsize=4096)(self._find_lower_dirs)

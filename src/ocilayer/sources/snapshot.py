@@ -125,10 +125,27 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
 READ_AHEAD_SIZE = 1 << 16
 
 
+def open_regular(path: bytes) -> int:
+    """Open a file that the walk saw as a regular file, failing if it no longer is one.
+
+    O_NONBLOCK keeps a FIFO swapped in after the walk from blocking the open, and
+    O_NOFOLLOW a symlink from leading elsewhere; the type is checked after opening.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LayerError(
+            f"{os.fsdecode(path)!r} is no longer a regular file; export from a layer that "
+            "is not in use"
+        )
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _read_small(node: Node, size: int) -> bytes:
     """Read a small file whole; a byte more than expected shows that it grew."""
     try:
-        fd = os.open(node.full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(node.full)
         try:
             data = os.read(fd, size + 1)
         finally:
@@ -223,7 +240,7 @@ class SnapshotSource:
         self.root = _directory(path)
         self.parents = [_directory(parent, "parent layer") for parent in parent_layer_paths]
         self.xattrs = xattrs
-        self.include = tuple(_relative(top) for top in include)
+        self.include = included_paths(include)
         check_included(self.include, [self.root, *self.parents])
 
     def changes(self) -> Iterator[Entry]:
@@ -268,6 +285,12 @@ def _directory(path: str | bytes | os.PathLike[str], what: str = "layer") -> byt
     if not stat.S_ISDIR(st.st_mode):
         raise LayerError(f"{what} {os.fsdecode(full)!r} is not a directory; a layer is a directory")
     return full
+
+
+def included_paths(include: Iterable[bytes]) -> tuple[bytes, ...]:
+    """Normalise `include` paths; the layer root (`.` or `/`) means the whole layer."""
+    paths = tuple(_relative(top) for top in include)
+    return () if b"" in paths else paths
 
 
 def check_included(include: tuple[bytes, ...], roots: list[bytes]) -> None:
