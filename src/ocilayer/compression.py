@@ -210,15 +210,9 @@ def open_decompressor(raw: BinaryIO) -> tuple[BinaryIO, Compression]:
     compression = detect_compression(head)
     if compression is Compression.GZIP:
         return io.BufferedReader(_GzipMembers(raw, head), 1 << 16), compression
-    source = _Prefixed(head, raw)
     if compression is Compression.ZSTD:
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast(BinaryIO, source), read_across_frames=True
-        )
-        return io.BufferedReader(_ZstdErrors(cast(BinaryIO, reader)), 1 << 16), compression
-    return io.BufferedReader(source, 1 << 16), compression
+        return io.BufferedReader(_ZstdFrames(raw, head), 1 << 16), compression
+    return io.BufferedReader(_Prefixed(head, raw), 1 << 16), compression
 
 
 def _read_up_to(raw: BinaryIO, count: int) -> bytes:
@@ -253,22 +247,70 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _ZstdErrors(io.RawIOBase):
-    """Turn zstandard's errors into CompressionError."""
+class _ZstdFrames(io.RawIOBase):
+    """Streaming reader of concatenated zstd frames that notices a truncated last frame.
 
-    def __init__(self, reader: BinaryIO) -> None:
-        self._reader = reader
+    zstandard's stream reader ends quietly when its input stops inside a frame, so a
+    cut-off download would apply as a shorter layer; this reader raises instead.
+    Input goes to the decompressor in pieces sized from the last ratio seen, so a
+    piece of a highly compressed frame (a "bomb") yields about 1 MiB, not gigabytes.
+    """
+
+    _TARGET_OUTPUT = 1 << 20
+    _MAX_PIECE = 1 << 17
+
+    def __init__(self, raw: BinaryIO, head: bytes) -> None:
+        import zstandard
+
+        self._zstd = zstandard
+        self._raw = raw
+        self._input = head
+        self._output = memoryview(b"")
+        self._frame: zstandard.ZstdDecompressionObj | None = None
+        self._piece = 64
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        import zstandard
-
-        try:
-            data = self._reader.read(len(buffer))
-        except zstandard.ZstdError as error:
-            raise CompressionError(f"zstd stream is corrupt: {error}") from error
         view = memoryview(buffer).cast("B")
-        view[: len(data)] = data
-        return len(data)
+        while not self._output:
+            if not self._input:
+                self._input = self._raw.read(1 << 16)
+                if not self._input:
+                    if self._frame is not None:
+                        raise CompressionError("zstd stream is truncated inside a frame")
+                    return 0
+            self._output = memoryview(self._decompress_piece())
+        count = min(len(view), len(self._output))
+        view[:count] = self._output[:count]
+        self._output = self._output[count:]
+        return count
+
+    def _decompress_piece(self) -> bytes:
+        if self._frame is None:
+            self._frame = self._zstd.ZstdDecompressor().decompressobj()
+        piece, self._input = self._input[: self._piece], self._input[self._piece :]
+        try:
+            out = self._frame.decompress(piece)
+        except self._zstd.ZstdError as error:
+            raise CompressionError(_zstd_message(error)) from error
+        # Shrink at once after a high ratio, but grow at most twofold a step: a piece
+        # that yields little (a frame header, say) says nothing about the next one.
+        ratio = max(len(out) / len(piece), 1.0)
+        wanted = int(self._TARGET_OUTPUT / ratio)
+        self._piece = max(64, min(self._MAX_PIECE, wanted, 2 * self._piece))
+        if self._frame.eof:
+            self._input = self._frame.unused_data + self._input
+            self._frame = None
+        return out
+
+
+def _zstd_message(error: Exception) -> str:
+    text = str(error)
+    if "memory" in text or "window" in text.lower():
+        return (
+            f"zstd frame needs a larger window than ocilayer allows ({text}); it was made "
+            "with zstd --long or a high --window-log: recompress the layer without them"
+        )
+    return f"zstd stream is corrupt: {text}"
