@@ -386,3 +386,18 @@ def test_file_swapped_for_fifo_fails(tmp_path: Path) -> None:
 
     with pytest.raises(LayerError, match=r"swapped' is no longer a regular file"):
         writer.add(entry)
+
+
+@pytest.mark.parametrize("source", ["snapshot", "overlay"])
+def test_tree_deeper_than_recursion_limit(tmp_path: Path, source: str) -> None:
+    tree = tmp_path / "tree"
+    depth = 1100
+    deep = tree.joinpath(*["d"] * depth)
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_bytes(b"x")
+
+    data, _ = export_bytes(tree, source=source, check_peers=False)
+
+    names = [item.name for item in read_tar(data)]
+    assert len(names) == depth + 1
+    assert names[-1] == b"d/" * depth + b"leaf"

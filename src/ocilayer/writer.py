@@ -181,17 +181,20 @@ class LayerTarWriter:
         self._write_header(TarHeader(name=path), False)
 
     def _include_parents(self, path: bytes) -> None:
+        """Write each parent directory of `path` not yet written, top-down."""
+        missing = []
         parent = parent_of(path)
-        if not parent or parent in self._written_dirs:
-            return
-        self._include_parents(parent)
-        # The lookup fails for a parent removed after the walk, so name it in the error.
-        try:
-            entry = self._lookup(parent)
-        except OSError as error:
-            raise LayerError(f"cannot read parent directory {parent!r}: {error}") from error
-        self._written_dirs.add(parent)
-        self._write_header(self._header(entry), True)
+        while parent and parent not in self._written_dirs:
+            missing.append(parent)
+            parent = parent_of(parent)
+        for parent in reversed(missing):
+            # The lookup fails for a parent removed after the walk, so name it in the error.
+            try:
+                entry = self._lookup(parent)
+            except OSError as error:
+                raise LayerError(f"cannot read parent directory {parent!r}: {error}") from error
+            self._written_dirs.add(parent)
+            self._write_header(self._header(entry), True)
 
     def _write_header(self, header: TarHeader, is_dir: bool) -> None:
         if is_dir:

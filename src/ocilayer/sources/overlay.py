@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError
@@ -185,28 +185,42 @@ class OverlaySource:
         return tuple(kept)
 
     def _walk(self, directory: bytes, prefix: bytes, below_opaque: bool) -> Iterator[Entry]:
-        for name, st, full in sorted(_scan(directory)):
-            node = Node(prefix + name, st, full)
-            if is_overlay_whiteout(st, full, self.namespaces):
-                if not below_opaque and self.lower_node(node.path) is not None:
-                    yield Entry(path=node.path, kind=ChangeKind.DELETE)
-                continue
-            if name.startswith(WHITEOUT_META_PREFIX) and not prefix:
-                continue
-            _check_name(node)
-            lower = None if below_opaque else self.lower_node(node.path)
-            if stat.S_ISDIR(st.st_mode):
-                yield from self._directory_changes(node, lower, below_opaque)
+        """Walk the upper directory with an explicit stack, so any depth works."""
+        stack = [(iter(sorted(_scan(directory))), prefix, below_opaque)]
+        while stack:
+            entries, prefix, below_opaque = stack[-1]
+            for name, st, full in entries:
+                node = Node(prefix + name, st, full)
+                if is_overlay_whiteout(st, full, self.namespaces):
+                    if not below_opaque and self.lower_node(node.path) is not None:
+                        yield Entry(path=node.path, kind=ChangeKind.DELETE)
+                    continue
+                if name.startswith(WHITEOUT_META_PREFIX) and not prefix:
+                    continue
+                _check_name(node)
+                lower = None if below_opaque else self.lower_node(node.path)
+                if not stat.S_ISDIR(st.st_mode):
+                    yield from self._file_change(node, lower)
+                    continue
+                descend = yield from self._directory_changes(node, lower, below_opaque)
+                if descend is not None:
+                    stack.append((iter(sorted(_scan(full))), node.path + b"/", descend))
+                    break
             else:
-                yield from self._file_change(node, lower)
+                stack.pop()
 
     def _directory_changes(
         self, node: Node, lower: Node | None, below_opaque: bool
-    ) -> Iterator[Entry]:
+    ) -> Generator[Entry, None, bool | None]:
+        """Yield a directory's own changes; return whether its lower content is hidden.
+
+        A renamed directory is diffed whole here and returns None: the walk must not
+        descend into it.
+        """
         redirect = _overlay_xattr(node.full, b"redirect", self.namespaces)
         if redirect is not None:
             yield from self._redirected(node, lower, redirect)
-            return
+            return None
         if lower is None:
             yield entry_from_node(node, ChangeKind.ADD, self.xattrs)
         elif not same_file(lower, node):
@@ -215,8 +229,7 @@ class OverlaySource:
         lower_is_dir = lower is not None and stat.S_ISDIR(lower.st.st_mode)
         if opaque and lower_is_dir:
             yield Entry(path=node.path, kind=ChangeKind.OPAQUE)
-        hides_lower = below_opaque or opaque or not lower_is_dir
-        yield from self._walk(node.full, node.path + b"/", hides_lower)
+        return below_opaque or opaque or not lower_is_dir
 
     def _file_change(self, node: Node, lower: Node | None) -> Iterator[Entry]:
         data_node = node

@@ -80,16 +80,22 @@ def _scan(directory: bytes) -> list[tuple[bytes, os.stat_result, bytes]]:
 
 
 def walk_tree(root: bytes) -> Iterator[Node]:
-    """Walk one directory tree (the root itself excluded), lstat-ing every path once."""
-    yield from _walk_dir(root, b"")
+    """Walk one directory tree (the root itself excluded), lstat-ing every path once.
 
-
-def _walk_dir(directory: bytes, prefix: bytes) -> Iterator[Node]:
-    for name, st, full in sorted(_scan(directory)):
-        path = prefix + name
-        yield Node(path, st, full)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(full, path + b"/")
+    The walk keeps its own stack, so a tree deeper than Python's recursion limit
+    walks like any other.
+    """
+    stack = [(iter(sorted(_scan(root))), b"")]
+    while stack:
+        entries, prefix = stack[-1]
+        for name, st, full in entries:
+            path = prefix + name
+            yield Node(path, st, full)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((iter(sorted(_scan(full))), path + b"/"))
+                break
+        else:
+            stack.pop()
 
 
 class _Chosen:
@@ -117,6 +123,20 @@ def walk_union(layers: list[bytes]) -> Iterator[Node]:
 
 
 def _walk_merged(dirs: list[bytes], prefix: bytes) -> Iterator[Node]:
+    """Walk the merge of `dirs` (top-most first) below `prefix`, with its own stack."""
+    stack = [_merged_children(dirs, prefix)]
+    while stack:
+        for path, item in stack[-1]:
+            yield Node(path, item.st, item.full)
+            if item.dirs:
+                stack.append(_merged_children(item.dirs, path + b"/"))
+                break
+        else:
+            stack.pop()
+
+
+def _merged_children(dirs: list[bytes], prefix: bytes) -> Iterator[tuple[bytes, _Chosen]]:
+    """Return the visible children of one merged directory, sorted by name."""
     chosen: dict[bytes, _Chosen] = {}
     hidden: set[bytes] = set()
     for directory in dirs:
@@ -146,9 +166,4 @@ def _walk_merged(dirs: list[bytes], prefix: bytes) -> Iterator[Node]:
         hidden |= whiteouts
         if opaque or is_overlay_opaque(directory):
             break
-    for name in sorted(chosen):
-        item = chosen[name]
-        path = prefix + name
-        yield Node(path, item.st, item.full)
-        if item.dirs:
-            yield from _walk_merged(item.dirs, path + b"/")
+    return iter([(prefix + name, chosen[name]) for name in sorted(chosen)])
