@@ -392,9 +392,12 @@ def test_file_swapped_for_fifo_fails(tmp_path: Path) -> None:
 def test_tree_deeper_than_recursion_limit(tmp_path: Path, source: str) -> None:
     tree = tmp_path / "tree"
     depth = 1100
-    deep = tree.joinpath(*["d"] * depth)
-    deep.mkdir(parents=True)
-    (deep / "leaf").write_bytes(b"x")
+    deep = str(tree)
+    os.mkdir(deep)
+    for _ in range(depth):
+        deep += "/d"
+        os.mkdir(deep)
+    write(Path(deep) / "leaf", b"x")
 
     data, _ = export_bytes(tree, source=source, check_peers=False)
 
