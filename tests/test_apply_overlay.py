@@ -148,6 +148,47 @@ def test_whiteouts_inside_an_opaque_directory_are_dropped(tmp_path: Path) -> Non
     assert get_xattr(upper / "d/sub", TRUSTED_OPAQUE) == b"y"
 
 
+@pytest.mark.parametrize("rootless", [False, True])
+def test_whiteout_below_layer_whiteout_ignored(tmp_path: Path, rootless: bool) -> None:
+    """The form umoci once wrote: `.wh.test`, then `test/.wh.test` for a deleted child."""
+    layers = apply_stack(
+        [
+            tar(directory("test/"), file("test/test"), directory("keep/"), file("keep/a", "a")),
+            tar(
+                whiteout(".wh.test"),
+                whiteout("test/.wh.test"),
+                whiteout("test/sub/.wh.x"),
+                whiteout("test/.wh..wh..opq"),
+                whiteout(".wh.keep"),
+                whiteout("keep/.wh..wh..opq"),
+            ),
+        ],
+        tmp_path,
+        rootless=rootless,
+    )
+    if rootless:
+        assert listing(layers[1]) == {"keep": "f 644 ''", "test": "f 644 ''"}
+        assert get_xattr(layers[1] / "test", USER_WHITEOUT) == b"y"
+        assert get_xattr(layers[1] / "keep", USER_WHITEOUT) == b"y"
+    else:
+        assert listing(layers[1]) == {"keep": "c 0:0 0", "test": "c 0:0 0"}
+    with mounted_overlay(layers, tmp_path / "merged", userxattr=rootless) as merged:
+        assert listing(merged) == {}
+
+
+def test_whiteout_below_layer_file_ignored(tmp_path: Path) -> None:
+    layers = apply_stack(
+        [
+            tar(directory("d/"), file("d/old", "o")),
+            tar(file("d", "file"), whiteout("d/.wh.old"), whiteout("d/.wh..wh..opq")),
+        ],
+        tmp_path,
+    )
+    assert listing(layers[1]) == {"d": "f 644 'file'"}
+    with mounted_overlay(layers, tmp_path / "merged") as merged:
+        assert listing(merged) == {"d": "f 644 'file'"}
+
+
 def test_whiteout_without_parent_entries_creates_them(tmp_path: Path) -> None:
     first = tmp_path / "first"
     apply(tar(whiteout("test/.wh.testfile")), first, target="overlay")
@@ -479,6 +520,10 @@ HAND_MADE_STACKS: dict[str, list[bytes]] = {
         tar(whiteout("test/.wh.testfile"), whiteout(".wh.root")),
         tar(whiteout("root/dirA/dirB/.wh.fileA"), directory("root/"), file("root/new")),
     ],
+    "whiteout-under-whiteout": [
+        tar(directory("test/"), file("test/test"), file("other")),
+        tar(whiteout(".wh.test"), whiteout("test/.wh.test"), whiteout("test/.wh..wh..opq")),
+    ],
     "parent-symlinks": [
         tar(directory("usr/lib/"), file("usr/lib/old"), symlink("lib", "usr/lib")),
         tar(file("lib/new", "n"), whiteout("lib/.wh.old")),
@@ -539,6 +584,7 @@ def test_hand_made_stack_merges_like_rootfs(tmp_path: Path, stack: str) -> None:
             "opaque-then-recreate",
             {"x": "d 755", "x/sub": "d 755", "x/sub/d": "f 644 'd'"},
         ),
+        ("whiteout-under-whiteout", {"other": "f 644 ''"}),
     ],
 )
 def test_merged_view_of_hand_made_stack(

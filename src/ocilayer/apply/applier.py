@@ -12,7 +12,9 @@ Rules, in the words of the OCI image spec where it has them:
   cancelled apply never leaves a half-written file where a good one was. Temporary
   names start with `.wh.`, a prefix that no file of a layer can have.
 - The layer's own paths, and every directory above them, are recorded, because
-  whiteouts and opaque markers hide only what the lower layers contain.
+  whiteouts and opaque markers hide only what the lower layers contain. So are the
+  paths that its whiteouts removed: a later whiteout or opaque marker below such a
+  path has nothing left to hide and changes nothing.
 - A layer contains each path once (image-spec: "duplicate entries ... MUST NOT" exist), so
   a second entry for a path raises TarFormatError: with two different files at one
   path the tools disagree on which wins. A directory repeated as a directory is
@@ -101,6 +103,8 @@ class Applier:
         self.resolver = Resolver(root_fd, self)
         self.metadata = MetadataWriter(rootless=options.rootless)
         self.layer_paths: dict[bytes, Origin] = {}
+        # Paths whose lower content a whiteout of this layer removed or hid.
+        self.whiteouts: set[bytes] = set()
         # (real path, atime, mtime, mode) of every directory whose times to set at the end.
         self.directory_times: list[tuple[bytes, int, int, int]] = []
         self.bytes_written = 0
@@ -112,7 +116,7 @@ class Applier:
     # The resolver's questions (ocilayer.apply.paths.Tree)
 
     def is_layer_path(self, path: bytes) -> bool:
-        return path in self.layer_paths
+        return path in self.layer_paths or path in self.whiteouts
 
     def lower_symlink(self, path: bytes) -> bytes | None:
         return None

@@ -165,14 +165,18 @@ class OverlayApplier(Applier):
             if origin is not Origin.OTHER:
                 self.set_opaque(location.dir_fd, location.name, path)
             return True
+        if path in self.whiteouts:
+            return True
         if self.hidden_by_layer(path):
             return False
         existing = lstat_at(location.dir_fd, location.name)
         if existing is not None:
             self.remove(location.dir_fd, location.name, existing)
-        if not self._hides_something(path):
-            return existing is not None
-        self.make_whiteout(location.dir_fd, location.name)
+        if self._hides_something(path):
+            self.make_whiteout(location.dir_fd, location.name)
+        elif existing is None:
+            return False
+        self.whiteouts.add(path)
         return True
 
     def _hides_something(self, path: bytes) -> bool:

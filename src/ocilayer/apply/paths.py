@@ -78,7 +78,7 @@ class Tree(Protocol):
     """Interface that the resolver needs from the applier that owns the target."""
 
     def is_layer_path(self, path: bytes) -> bool:
-        """Return whether the current layer created the real path `path`."""
+        """Return whether the current layer created or whited out the real path `path`."""
 
     def lower_symlink(self, path: bytes) -> bytes | None:
         """Return the target of a symlink at `path` in the parent layers, if any."""
@@ -108,9 +108,10 @@ class Location:
 class Resolver:
     """Resolve paths inside the root held by `root_fd`; see the module documentation.
 
-    With `whiteout=True` a symlink that the current layer created is not followed: a
-    whiteout names a path of the lower layers, and this layer has replaced whatever
-    stood there.
+    With `whiteout=True` the walk returns None at a non-directory that the current
+    layer created, a symlink included, and at a path that it whited out. A whiteout
+    or opaque marker names a path of the lower layers, and this layer has already
+    replaced or removed whatever was there.
     """
 
     def __init__(self, root_fd: int, tree: Tree) -> None:
@@ -220,9 +221,11 @@ class Resolver:
                 if existing is not None and stat.S_ISDIR(existing.st_mode):
                     move_to(open_directory(fd, component), child)
                     continue
+                if whiteout and self._tree.is_layer_path(child):
+                    # The current layer put a non-directory here or whited the path out,
+                    # so nothing of the parent layers is left below it to hide.
+                    return self._give_up(fd, owned)
                 if existing is not None and stat.S_ISLNK(existing.st_mode):
-                    if whiteout and self._tree.is_layer_path(child):
-                        return self._give_up(fd, owned)
                     target = os.readlink(component, dir_fd=fd)
                 elif existing is None:
                     target = self._tree.lower_symlink(child)

@@ -25,6 +25,7 @@ class RootfsApplier(Applier):
         existing = lstat_at(location.dir_fd, location.name)
         if existing is not None:
             self.remove(location.dir_fd, location.name, existing)
+            self.whiteouts.add(location.path)
 
     def opaque(self, entry: Entry) -> None:
         directory = self.resolver.resolve_directory(entry.path, create=True, whiteout=True)
