@@ -263,3 +263,12 @@ def test_out_of_range_numbers(
     result = run("export", str(tree), *args, env=env)
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+def test_public_api_names_resolve() -> None:
+    import ocilayer
+
+    for name in ocilayer.__all__:
+        assert getattr(ocilayer, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = ocilayer.nothing  # type: ignore[attr-defined]

@@ -7,13 +7,13 @@ interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ocilayer import __version__
-from ocilayer.cli import apply_command, export_command
 from ocilayer.errors import Cancelled, OcilayerError
 
 log = logging.getLogger("ocilayer")
@@ -31,7 +31,7 @@ class UsageError(Exception):
 Runner = Callable[[argparse.Namespace], int]
 
 # Each subcommand module has add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = [export_command, apply_command]
+SUBCOMMANDS = ["ocilayer.cli.export_command", "ocilayer.cli.apply_command"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log every step and show tracebacks on errors")  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in SUBCOMMANDS:
-        module.add_parser(_WithParents(subparsers, common))
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).add_parser(_WithParents(subparsers, common))
     return parser
 
 
@@ -98,4 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        # Ctrl-C while the modules load, before any output exists.
+        print("ocilayer: interrupted; no output was left behind", file=sys.stderr)
+        status = EXIT_INTERRUPTED
+    sys.exit(status)
