@@ -290,6 +290,38 @@ def test_stray_whiteout_never_reaches_through_the_new_symlink(tmp_path: Path) ->
     assert listing(root) == {"a": "l -> /b", "b": "d 755", "b/a": "f 644 'keep'"}
 
 
+def make_deep_tree(base: Path, depth: int) -> Path:
+    """Create `depth` nested directories `d` under `base`, with a file at the bottom."""
+    path = base
+    for _ in range(depth):
+        path = path / "d"
+        path.mkdir()
+    (path / "leaf").write_text("x")
+    return path
+
+
+def test_whiteout_removes_a_deep_tree(tmp_path: Path) -> None:
+    """Deeper than Python's recursion limit of 1,000, which recursive removal hits."""
+    root = tmp_path / "root"
+    apply(tar(file("keep", "k")), root)
+    make_deep_tree(root, 1100)
+    apply(tar(whiteout(".wh.d")), root)
+    assert listing(root) == {"keep": "f 644 'k'"}
+
+
+def test_tree_removal_never_follows_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub/file").write_text("o")
+    root = tmp_path / "root"
+    apply(tar(directory("d/"), directory("d/e/"), file("d/e/f", "f")), root)
+    (root / "d/e/to-dir").symlink_to(outside)
+    (root / "d/to-sub").symlink_to("../../outside/sub")
+    apply(tar(whiteout(".wh.d")), root)
+    assert listing(root) == {}
+    assert listing(outside) == {"sub": "d 755", "sub/file": "f 644 'o'"}
+
+
 # Hardlinks
 
 
@@ -744,6 +776,17 @@ def test_unprivileged_apply_without_rootless_fails_with_a_hint(nobody_target: Pa
         "ocilayer.apply.errors.ApplyError: entry b'ro/' (offset 0): Operation not permitted; "
         "the operation needs privileges: apply as root, or pass rootless=True"
     )
+
+
+def test_rootless_whiteout_removes_read_only_tree(nobody_target: Path) -> None:
+    first = run_as_nobody(ROOTLESS_LAYER, nobody_target, rootless=True)
+    assert first.returncode == 0, first.stderr
+    (nobody_target / "keep").mkdir()
+    os.chown(nobody_target / "keep", 65534, 65534)
+    result = run_as_nobody(tar(whiteout(".wh.ro")), nobody_target, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert listing(nobody_target) == {"keep": "d 755"}
 
 
 # Streams, digests and compression

@@ -33,7 +33,6 @@ import enum
 import logging
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from ocilayer.apply.paths import (
     lstat_at,
     open_directory,
     open_real_directory,
+    remove_tree,
 )
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import TarFormatError, UnsafePathError
@@ -356,7 +356,7 @@ class Applier:
     def remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
         """Remove `name` from `dir_fd`, a whole tree if it is a directory."""
         if stat.S_ISDIR(existing.st_mode):
-            shutil.rmtree(name, dir_fd=dir_fd)
+            remove_tree(dir_fd, name, make_writable=self.options.rootless)
         else:
             os.unlink(name, dir_fd=dir_fd)
         if stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode):

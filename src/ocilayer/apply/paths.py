@@ -28,6 +28,7 @@ from ocilayer.errors import UnsafePathError
 # Linux gives up after 40 symlinks in one lookup (ELOOP); so does the resolver.
 MAX_SYMLINKS = 40
 _OPEN_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FOR_LISTING = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Resolved directories stay open between entries, up to this many.
 _CACHE_SIZE = 256
 
@@ -72,6 +73,57 @@ def list_directory(dir_fd: int) -> list[bytes]:
         return [os.fsencode(name) for name in os.listdir(readable)]
     finally:
         os.close(readable)
+
+
+def remove_tree(dir_fd: int, name: bytes, *, make_writable: bool = False) -> None:
+    """Remove the directory `name` in `dir_fd` and everything below it.
+
+    The walk keeps a stack of open directories instead of recursing, so any depth
+    works, and opens each directory relative to its parent with O_NOFOLLOW, so a
+    symlink is removed and never followed. With `make_writable`, a directory whose
+    owner lacks read, write or search permission gets them first (for an unprivileged
+    owner, who needs them to empty it).
+    """
+    # Each frame: an open directory, its name in the frame below, its subdirectories left.
+    frames: list[tuple[int, bytes, list[bytes]]] = []
+    try:
+        frames.append(_open_for_removal(dir_fd, name, make_writable))
+        while frames:
+            fd, directory, subdirectories = frames[-1]
+            if subdirectories:
+                frames.append(_open_for_removal(fd, subdirectories.pop(), make_writable))
+                continue
+            frames.pop()
+            os.close(fd)
+            parent_fd = frames[-1][0] if frames else dir_fd
+            os.rmdir(directory, dir_fd=parent_fd)
+    finally:
+        for fd, _, _ in frames:
+            os.close(fd)
+
+
+def _open_for_removal(
+    dir_fd: int, name: bytes, make_writable: bool
+) -> tuple[int, bytes, list[bytes]]:
+    """Open a directory, remove its non-directories and return it with its subdirectories."""
+    if make_writable:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+            os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd, follow_symlinks=False)
+    fd = os.open(name, _OPEN_FOR_LISTING, dir_fd=dir_fd)
+    subdirectories: list[bytes] = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                child = os.fsencode(entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(child)
+                else:
+                    os.unlink(child, dir_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name, subdirectories
 
 
 class Tree(Protocol):
