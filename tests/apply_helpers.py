@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from ocilayer.apply import AppliedLayer, import_layer_from_tar
-from ocilayer.tarformat.encoder import END_OF_ARCHIVE, TarHeader, data_padding, encode_header
+from ocilayer.tarformat.encoder import (
+    END_OF_ARCHIVE,
+    TarHeader,
+    data_padding,
+    encode_header,
+    format_pax_record,
+)
 
 # 2020-09-13T12:26:40Z.
 MTIME_NS = 1_600_000_000 * 10**9
@@ -67,6 +73,22 @@ def entry(
     return encode_header(header) + content + data_padding(len(content))
 
 
+def raw_pax_entry(name: Name, records: Mapping[bytes, bytes], typeflag: bytes = b"0") -> bytes:
+    """Encode an empty entry after a PAX header with exactly `records`, unchecked.
+
+    The encoder rejects records that contradict the header fields, so tests of what a
+    reader does with odd records (huge numbers, long paths) build them here.
+    """
+    data = b"".join(format_pax_record(key, value) for key, value in records.items())
+    pax = encode_header(TarHeader(name=b"PaxHeaders.0/x", typeflag=b"x", size=len(data)))
+    return (
+        pax
+        + data
+        + data_padding(len(data))
+        + encode_header(TarHeader(name=_raw(name), typeflag=typeflag))
+    )
+
+
 def file(name: Name, content: bytes | str = b"", mode: int = 0o644, **fields: object) -> bytes:
     data = content.encode() if isinstance(content, str) else content
     return entry(name, b"0", content=data, mode=mode, **fields)  # type: ignore[arg-type]
@@ -107,7 +129,7 @@ def tar(*entries: bytes, end: bytes = END_OF_ARCHIVE) -> bytes:
 
 
 # (offset, width) of the USTAR header fields that tests edit.
-_FIELDS = {"name": (0, 100), "size": (124, 12), "typeflag": (156, 1)}
+_FIELDS = {"name": (0, 100), "size": (124, 12), "mtime": (136, 12), "typeflag": (156, 1)}
 
 
 def with_header_field(block: bytes, field: str, value: bytes) -> bytes:

@@ -104,6 +104,18 @@ def test_times_are_kept_to_the_nanosecond(tmp_path: Path) -> None:
     assert os.lstat(root / "d/g").st_atime_ns == 7 * 10**9
 
 
+def test_times_at_int64_limits_apply(tmp_path: Path) -> None:
+    """The largest tar times are set as given, and the kernel stores what the filesystem can."""
+    latest, earliest = ((1 << 63) - 1) * 10**9, -(1 << 63) * 10**9
+    root = tmp_path / "root"
+    apply(tar(file("late", mtime_ns=latest), directory("early/", mtime_ns=earliest)), root)
+    reference = tmp_path / "reference"
+    reference.touch()
+    for name, mtime_ns in (("late", latest), ("early", earliest)):
+        os.utime(reference, ns=(mtime_ns, mtime_ns))
+        assert os.lstat(root / name).st_mtime_ns == os.lstat(reference).st_mtime_ns
+
+
 def test_directory_times_survive_later_children(tmp_path: Path) -> None:
     data = tar(
         directory("a/", mtime_ns=T1),

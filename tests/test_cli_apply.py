@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from apply_helpers import directory, file, get_xattr, listing, tar, whiteout
+from apply_helpers import directory, file, get_xattr, listing, raw_pax_entry, tar, whiteout
 
 OCILAYER = [sys.executable, "-m", "ocilayer"]
 LAYER = tar(directory("etc/"), file("etc/hosts", "127.0.0.1 localhost\n"))
@@ -83,6 +83,40 @@ def test_unsafe_entry_fails_naming_it(tmp_path: Path) -> None:
         "ocilayer: error: entry b'a/../../escape': '..' climbs above the layer root (offset 1024)\n"
     )
     assert listing(tmp_path) == {"root": "d 755", "root/ok": "f 644 '1'"}
+
+
+OUT_OF_RANGE = "is out of range; tar numbers must fit in a signed 64-bit integer"
+
+
+@pytest.mark.parametrize(
+    ("target", "layer", "message"),
+    [
+        (
+            "rootfs",
+            file("late", mtime_ns=10**20 * 10**9),
+            f"entry b'late' at offset 0: PAX mtime record b'100000000000000000000' {OUT_OF_RANGE}",
+        ),
+        (
+            "overlay",
+            raw_pax_entry("many", {b"uid": b"1" + b"0" * 5000}),
+            f"entry b'many' at offset 0: PAX uid record b'100000000000000000000000'... "
+            f"(5001 bytes) {OUT_OF_RANGE}",
+        ),
+        (
+            "windows",
+            raw_pax_entry("f", {b"MSWINDOWS.fileattr": b"9" * 5000}),
+            "b'f': invalid MSWINDOWS.fileattr b'999999999999999999999999'... (5000 bytes); "
+            "expected a decimal 32-bit number",
+        ),
+    ],
+    ids=["mtime", "uid", "windows-fileattr"],
+)
+def test_huge_numbers_fail_without_traceback(
+    tmp_path: Path, target: str, layer: bytes, message: str
+) -> None:
+    result = run("apply", "-", str(tmp_path / "root"), "--target", target, stdin=tar(layer))
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"ocilayer: error: {message}\n"
 
 
 def test_missing_layer_file_fails(tmp_path: Path) -> None:

@@ -210,6 +210,132 @@ def test_pax_mtime_keeps_nanoseconds(record: bytes, expected: int) -> None:
     assert item.ctime_ns == 13_000_000_000
 
 
+OUT_OF_RANGE = "is out of range; tar numbers must fit in a signed 64-bit integer"
+FIVE_THOUSAND_NINES = "999999999999999999999999'... (5000 bytes)"
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ({b"size": b"9" * 5000}, f"PAX size record b'{FIVE_THOUSAND_NINES} {OUT_OF_RANGE}"),
+        ({b"uid": b"9" * 5000}, f"PAX uid record b'{FIVE_THOUSAND_NINES} {OUT_OF_RANGE}"),
+        ({b"gid": b"9223372036854775808"}, f"PAX gid record b'9223372036854775808' {OUT_OF_RANGE}"),
+        ({b"mtime": b"9" * 5000}, f"PAX mtime record b'{FIVE_THOUSAND_NINES} {OUT_OF_RANGE}"),
+        (
+            {b"mtime": b"99999999999999999999"},
+            f"PAX mtime record b'99999999999999999999' {OUT_OF_RANGE}",
+        ),
+        (
+            {b"atime": b"-9223372036854775809.5"},
+            f"PAX atime record b'-9223372036854775809' {OUT_OF_RANGE}",
+        ),
+        (
+            {b"ctime": b"9" * 5000 + b".5"},
+            f"PAX ctime record b'{FIVE_THOUSAND_NINES} {OUT_OF_RANGE}",
+        ),
+        (
+            {b"SCHILY.devmajor": b"9" * 5000},
+            f"PAX SCHILY.devmajor record b'{FIVE_THOUSAND_NINES} {OUT_OF_RANGE}",
+        ),
+    ],
+    ids=["size", "uid", "gid", "mtime-digits", "mtime", "atime", "ctime", "devmajor"],
+)
+def test_out_of_range_pax_numbers_raise(records: dict[bytes, bytes], message: str) -> None:
+    data = pax_header(records) + encode_header(TarHeader(name=b"f")) + END_OF_ARCHIVE
+    with pytest.raises(TarFormatError) as raised:
+        read_all(data)
+    assert str(raised.value) == f"entry b'f' at offset 0: {message}"
+
+
+def test_out_of_range_error_names_pax_path() -> None:
+    records = {b"size": b"9" * 20, b"path": b"named"}
+    first = file("first", "1")
+    data = first + pax_header(records) + encode_header(TarHeader(name=b"f")) + END_OF_ARCHIVE
+    with pytest.raises(TarFormatError) as raised:
+        read_all(data)
+    assert str(raised.value) == (
+        f"entry b'named' at offset {len(first)}: PAX size record b'99999999999999999999' "
+        f"{OUT_OF_RANGE}"
+    )
+
+
+def test_pax_numbers_at_int64_limits() -> None:
+    records = {
+        b"mtime": b"9223372036854775807.999999999",
+        b"atime": b"-9223372036854775808",
+        b"uid": b"0" * 5000 + b"7",
+    }
+    data = pax_header(records) + encode_header(TarHeader(name=b"f")) + END_OF_ARCHIVE
+    ((item, _),) = read_all(data)
+    assert item.mtime_ns == 9_223_372_036_854_775_807_999_999_999
+    assert item.atime_ns == -9_223_372_036_854_775_808_000_000_000
+    assert item.uid == 7
+
+
+def raw_pax_header(body: bytes) -> bytes:
+    header = encode_header(TarHeader(name=b"PaxHeaders.0/x", typeflag=b"x", size=len(body)))
+    return header + body + bytes(-len(body) % 512)
+
+
+def test_pax_record_length_with_5000_digits() -> None:
+    data = raw_pax_header(b"9" * 5000 + b" path=x\n")
+    data += encode_header(TarHeader(name=b"f")) + END_OF_ARCHIVE
+    with pytest.raises(TarFormatError) as raised:
+        read_all(data)
+    assert str(raised.value) == (
+        "PAX header b'PaxHeaders.0/x' at offset 0 has an invalid record length "
+        f"b'{FIVE_THOUSAND_NINES} at byte 0"
+    )
+
+
+def test_pax_record_length_with_leading_zeros() -> None:
+    # 4,998 zeros and "5014": the record, with " path=named\n", is 5,014 bytes long.
+    data = raw_pax_header(b"0" * 4998 + b"5014 path=named\n")
+    data += encode_header(TarHeader(name=b"f")) + END_OF_ARCHIVE
+    ((item, _),) = read_all(data)
+    assert item.path == b"named"
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "message"),
+    [
+        (
+            "mtime",
+            b"\x80" + b"\xff" * 11,
+            f"the base-256 mtime field 80ffffffffffffffffffffff {OUT_OF_RANGE}",
+        ),
+        (
+            "mtime",
+            b"\xff\x80" + bytes(10),
+            f"the base-256 mtime field ff8000000000000000000000 {OUT_OF_RANGE}",
+        ),
+        (
+            "size",
+            b"\x80\x00\x00\x01" + bytes(8),
+            f"the base-256 size field 800000010000000000000000 {OUT_OF_RANGE}",
+        ),
+    ],
+    ids=["mtime", "negative-mtime", "size"],
+)
+def test_out_of_range_base256_fields_raise(field: str, raw: bytes, message: str) -> None:
+    block = with_header_field(encode_header(TarHeader(name=b"f")), field, raw)
+    with pytest.raises(TarFormatError) as raised:
+        read_all(block + END_OF_ARCHIVE)
+    assert str(raised.value) == f"entry b'f' at offset 0: {message}"
+
+
+def test_base256_mtime_at_int64_limits() -> None:
+    largest = b"\x80" + bytes(3) + ((1 << 63) - 1).to_bytes(8, "big")
+    smallest = b"\xff" * 4 + (1 << 63).to_bytes(8, "big")
+    data = b"".join(
+        with_header_field(encode_header(TarHeader(name=name)), "mtime", raw)
+        for name, raw in ((b"largest", largest), (b"smallest", smallest))
+    )
+    items = read_all(data + END_OF_ARCHIVE)
+    assert items[0][0].mtime_ns == ((1 << 63) - 1) * 10**9
+    assert items[1][0].mtime_ns == -(1 << 63) * 10**9
+
+
 def test_gnu_long_names_and_base256_ids(tmp_path: Path) -> None:
     long_name = "d/" + "n" * 150
     long_target = "t/" + "l" * 150

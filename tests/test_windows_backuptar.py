@@ -279,6 +279,21 @@ def test_file_info_rejects_bad_attributes() -> None:
             file_info_from_header(header)
 
 
+def test_file_info_long_attributes() -> None:
+    """More digits than Python's int() converts (4,300) raise TarFormatError."""
+    header = header_for(b"f")
+    header.pax_records[b"MSWINDOWS.fileattr"] = b"9" * 5000
+    with pytest.raises(TarFormatError) as raised:
+        file_info_from_header(header)
+    assert str(raised.value) == (
+        "b'f': invalid MSWINDOWS.fileattr b'999999999999999999999999'... (5000 bytes); "
+        "expected a decimal 32-bit number"
+    )
+    header.pax_records[b"MSWINDOWS.fileattr"] = b"0" * 5000 + b"32"
+    _, _, info = file_info_from_header(header)
+    assert info.attributes == 32
+
+
 def test_sddl_needs_a_converter() -> None:
     header = header_for(b"f")
     header.pax_records[b"MSWINDOWS.sd"] = b"O:BAG:BA"

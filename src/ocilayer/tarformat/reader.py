@@ -12,6 +12,12 @@ producers write:
   headers are skipped, as containerd and moby skip them.
 - GNU long names and long link names, and base-256 numeric fields.
 
+Numbers must fit in a signed 64-bit integer, as in Go's reader: a larger base-256
+field or PAX `size`, `uid`, `gid`, `mtime`, `atime` or `ctime` record raises
+TarFormatError, so containerd cannot apply such a layer either. Times within that
+range are kept as they are, before 1970 too. The applier sets them, and Linux then
+clamps a time to the range of the target filesystem (ext4: 1901 to 2446).
+
 Where the formats leave a choice, the reader follows Go's `archive/tar`, which
 containerd and docker read layers with: hardlinks, symlinks, devices, FIFOs and
 directories have no data whatever their size field contains, and one zero block ends
@@ -46,6 +52,13 @@ OPAQUE_MARKER = b".wh..wh..opq"
 # Go's reader caps PAX headers and GNU long names at 1 MiB; a bigger one is an attack
 # on memory rather than a real name.
 MAX_SPECIAL_SIZE = 1 << 20
+
+# Go's reader parses numbers into int64 and rejects a header whose value does not fit.
+MAX_INT64 = (1 << 63) - 1
+_MAX_INT64_DIGITS = len(str(MAX_INT64))
+# Error messages cut names and numbers longer than these to this many bytes.
+_MAX_SHOWN = 200
+_MAX_SHOWN_NUMBER = 24
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _COPY_CHUNK = 1 << 20
@@ -233,7 +246,7 @@ class TarReader:
                 data = self._read_special(header)
                 extended = True
                 if typeflag == _PAX_HEADER:
-                    pax.update(_parse_pax(data, start))
+                    pax.update(_parse_pax(data, header.name, start))
                 elif typeflag == _GNU_LONG_NAME:
                     long_name = _cstring(data)
                 elif typeflag == _GNU_LONG_LINK:
@@ -399,25 +412,37 @@ def _cstring(data: bytes) -> bytes:
     return data if end < 0 else data[:end]
 
 
-def _parse_number(field: bytes, what: str, offset: int) -> int:
-    """Parse an octal or base-256 numeric header field."""
+def shorten(value: bytes, limit: int = _MAX_SHOWN) -> str:
+    """Return the repr of `value`, cut to `limit` bytes and its length if it is longer."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} bytes)"
+
+
+def _parse_number(field: bytes, what: str, where: str) -> int:
+    """Parse an octal or base-256 numeric header field; `where` names the header."""
     if field and field[0] & 0x80:
         if field[0] == 0xFF:
-            return int.from_bytes(field, "big", signed=True)
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+            value = int.from_bytes(field, "big", signed=True)
+        else:
+            value = int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+        if not -MAX_INT64 - 1 <= value <= MAX_INT64:
+            raise TarFormatError(
+                f"{where}: the base-256 {what} field {field.hex()} is out of range; tar "
+                "numbers must fit in a signed 64-bit integer"
+            )
+        return value
     text = field.replace(b"\x00", b" ").strip()
     if not text:
         return 0
     try:
         return int(text, 8)
     except ValueError:
-        raise TarFormatError(
-            f"header at offset {offset} has an invalid {what} field {field!r}"
-        ) from None
+        raise TarFormatError(f"{where} has an invalid {what} field {field!r}") from None
 
 
 def _parse_block(block: bytes, offset: int) -> _Header:
-    stored = _parse_number(block[148:156], "checksum", offset)
+    stored = _parse_number(block[148:156], "checksum", f"header at offset {offset}")
     summed = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(summed)
     # Some old writers summed the bytes as signed chars; readers accept both sums.
@@ -434,60 +459,101 @@ def _parse_block(block: bytes, offset: int) -> _Header:
         if prefix:
             name = prefix + b"/" + name
 
-    size = _parse_number(block[124:136], "size", offset)
+    where = f"entry {shorten(name)} at offset {offset}"
+
+    def number(start: int, end: int, what: str) -> int:
+        return _parse_number(block[start:end], what, where)
+
+    size = number(124, 136, "size")
     if size < 0:
-        raise TarFormatError(f"header at offset {offset} has a negative size {size}")
+        raise TarFormatError(f"{where} has a negative size {size}")
     has_devices = magic in (b"ustar\x00", b"ustar ")
     return _Header(
         offset=offset,
         name=name,
         typeflag=block[156:157],
-        mode=_parse_number(block[100:108], "mode", offset),
-        uid=_parse_number(block[108:116], "uid", offset),
-        gid=_parse_number(block[116:124], "gid", offset),
+        mode=number(100, 108, "mode"),
+        uid=number(108, 116, "uid"),
+        gid=number(116, 124, "gid"),
         size=size,
-        mtime_ns=_parse_number(block[136:148], "mtime", offset) * 1_000_000_000,
+        mtime_ns=number(136, 148, "mtime") * 1_000_000_000,
         linkname=_cstring(block[157:257]),
-        devmajor=_parse_number(block[329:337], "devmajor", offset) if has_devices else 0,
-        devminor=_parse_number(block[337:345], "devminor", offset) if has_devices else 0,
+        devmajor=number(329, 337, "devmajor") if has_devices else 0,
+        devminor=number(337, 345, "devminor") if has_devices else 0,
     )
 
 
-def _parse_pax(data: bytes, offset: int) -> dict[bytes, bytes]:
+def _parse_pax(data: bytes, name: bytes, offset: int) -> dict[bytes, bytes]:
     """Parse `"<length> <key>=<value>\\n"` records; later records win."""
     records: dict[bytes, bytes] = {}
     position = 0
+    # No record is longer than the header's data, so its length has no more digits.
+    max_digits = len(str(len(data)))
     while position < len(data):
         if data[position:].strip(b"\x00") == b"":
             break
         space = data.find(b" ", position)
         length_text = data[position:space] if space > position else b""
-        if not length_text.isdigit():
-            raise TarFormatError(f"PAX header at offset {offset} has an invalid record length")
-        end = position + int(length_text)
+        if not length_text.isdigit() or len(length_text.lstrip(b"0")) > max_digits:
+            raise TarFormatError(
+                f"PAX header {shorten(name)} at offset {offset} has an invalid record "
+                f"length {shorten(length_text, _MAX_SHOWN_NUMBER)} at byte {position}"
+            )
+        end = position + int(length_text.lstrip(b"0") or b"0")
         record = data[space + 1 : end]
         if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
-            raise TarFormatError(f"PAX header at offset {offset} has a malformed record")
+            raise TarFormatError(
+                f"PAX header {shorten(name)} at offset {offset} has a malformed record "
+                f"at byte {position}"
+            )
         key, _, value = record[:-1].partition(b"=")
         records[key] = value
         position = end
     return records
 
 
-def _parse_pax_int(value: bytes, key: bytes, offset: int) -> int:
+def _parse_pax_int(value: bytes, key: bytes, name: bytes, offset: int) -> int:
     if not value.isdigit():
-        raise TarFormatError(f"PAX header at offset {offset} has an invalid {key.decode()} record")
-    return int(value)
+        raise TarFormatError(
+            f"entry {shorten(name)} at offset {offset} has an invalid PAX {key.decode()} "
+            f"record {shorten(value, _MAX_SHOWN_NUMBER)}"
+        )
+    return _check_int64(value, key, name, offset)
 
 
-def _parse_pax_time(value: bytes, key: bytes, offset: int) -> int:
+def _parse_pax_time(value: bytes, key: bytes, name: bytes, offset: int) -> int:
     """Parse a PAX time (`-12.5`, `1700000000.123456789`) into nanoseconds exactly."""
     match = _PAX_TIME.match(value)
     if match is None:
-        raise TarFormatError(f"PAX header at offset {offset} has an invalid {key.decode()} record")
-    sign, seconds, fraction = match.groups()
-    nanoseconds = int(seconds) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
+        raise TarFormatError(
+            f"entry {shorten(name)} at offset {offset} has an invalid PAX {key.decode()} "
+            f"record {shorten(value, _MAX_SHOWN_NUMBER)}"
+        )
+    sign, seconds_text, fraction = match.groups()
+    seconds = _check_int64(sign + seconds_text, key, name, offset)
+    nanoseconds = abs(seconds) * 1_000_000_000 + int((fraction or b"")[:9].ljust(9, b"0"))
     return -nanoseconds if sign else nanoseconds
+
+
+def _check_int64(digits: bytes, key: bytes, name: bytes, offset: int) -> int:
+    """Convert decimal digits with an optional `-`, raising TarFormatError beyond int64.
+
+    Leading zeros are stripped first because Python's int() rejects more than 4,300
+    digits, zeros included.
+    """
+    significant = digits.lstrip(b"-").lstrip(b"0")
+    value = None
+    if len(significant) <= _MAX_INT64_DIGITS:
+        value = int(significant or b"0")
+        if digits.startswith(b"-"):
+            value = -value
+    if value is None or not -MAX_INT64 - 1 <= value <= MAX_INT64:
+        raise TarFormatError(
+            f"entry {shorten(name)} at offset {offset}: PAX {key.decode()} record "
+            f"{shorten(digits, _MAX_SHOWN_NUMBER)} is out of range; tar numbers must fit in "
+            "a signed 64-bit integer"
+        )
+    return value
 
 
 def _decode_base64(value: bytes, offset: int) -> bytes:
@@ -502,6 +568,7 @@ def _decode_base64(value: bytes, offset: int) -> bytes:
 
 def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
     offset = header.offset
+    name = records.get(b"path", header.name)
     libarchive_xattrs: dict[bytes, bytes] = {}
     for key, value in records.items():
         if key == b"path":
@@ -509,25 +576,25 @@ def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
         elif key == b"linkpath":
             header.linkname = value
         elif key == b"size":
-            header.size = _parse_pax_int(value, key, offset)
+            header.size = _parse_pax_int(value, key, name, offset)
         elif key == b"uid":
-            header.uid = _parse_pax_int(value, key, offset)
+            header.uid = _parse_pax_int(value, key, name, offset)
         elif key == b"gid":
-            header.gid = _parse_pax_int(value, key, offset)
+            header.gid = _parse_pax_int(value, key, name, offset)
         elif key == b"mtime":
-            header.mtime_ns = _parse_pax_time(value, key, offset)
+            header.mtime_ns = _parse_pax_time(value, key, name, offset)
         elif key == b"atime":
-            header.atime_ns = _parse_pax_time(value, key, offset)
+            header.atime_ns = _parse_pax_time(value, key, name, offset)
         elif key == b"ctime":
-            header.ctime_ns = _parse_pax_time(value, key, offset)
+            header.ctime_ns = _parse_pax_time(value, key, name, offset)
         elif key.startswith(b"SCHILY.xattr."):
             header.xattrs[key[len(b"SCHILY.xattr.") :]] = value
         elif key.startswith(b"LIBARCHIVE.xattr."):
             libarchive_xattrs[key[len(b"LIBARCHIVE.xattr.") :]] = _decode_base64(value, offset)
         elif key == b"SCHILY.devmajor":
-            header.devmajor = _parse_pax_int(value, key, offset)
+            header.devmajor = _parse_pax_int(value, key, name, offset)
         elif key == b"SCHILY.devminor":
-            header.devminor = _parse_pax_int(value, key, offset)
+            header.devminor = _parse_pax_int(value, key, name, offset)
         elif key.startswith(b"GNU.sparse."):
             raise TarFormatError(
                 f"entry {header.name!r} at offset {offset} is a GNU sparse file, "

@@ -278,12 +278,15 @@ def file_info_from_header(header: TarHeader) -> tuple[str, int, FileBasicInfo]:
     attributes = FILE_ATTRIBUTE_DIRECTORY if header.typeflag == b"5" else 0
     if PAX_FILEATTR in records:
         text = records[PAX_FILEATTR]
-        if _DECIMAL.fullmatch(text) is None or int(text) > 0xFFFFFFFF:
+        # Leading zeros are stripped before int(), which rejects more than 4,300 digits.
+        digits = text.lstrip(b"0") or b"0"
+        if _DECIMAL.fullmatch(text) is None or len(digits) > 10 or int(digits) > 0xFFFFFFFF:
+            shown = repr(text) if len(text) <= 24 else f"{text[:24]!r}... ({len(text)} bytes)"
             raise TarFormatError(
-                f"{header.name!r}: invalid {PAX_FILEATTR.decode()} {text!r}; "
+                f"{header.name!r}: invalid {PAX_FILEATTR.decode()} {shown}; "
                 "expected a decimal 32-bit number"
             )
-        attributes = int(text)
+        attributes = int(digits)
     info = FileBasicInfo(
         creation_time=ns_to_filetime(creation_ns),
         last_access_time=_header_time(header, header.atime_ns),
