@@ -251,9 +251,8 @@ def check_ocilayer_apply(
         run([*command, out / f"{layer}.tar", target], env=ocilayer.env)
         seconds = time.perf_counter() - start
         print(f"ocilayer apply of the {layer} layer: {seconds:.2f} s")
-        label = (
-            f"ocilayer apply, {'base' if layer == 'base' else 'base + diff'} layer vs {tree.name}"
-        )
+        layers = "base layer" if layer == "base" else "base + diff layer"
+        label = f"ocilayer apply, {layers} vs rootfs/{tree.name}"
         layer_entries = read_entries_from(str(out / "diff.tar")) if layer == "diff" else []
         _record_roundtrip(
             report, label, compare_trees(snapshot_tree(tree), snapshot_tree(target)), layer_entries
