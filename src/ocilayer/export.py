@@ -96,9 +96,14 @@ def write_layer(
     `cancel` is checked before each entry; when it is set, Cancelled is raised and
     the end-of-archive blocks are never written.
     """
-    blob = HashingWriter(writer)
-    compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
-    tar = HashingWriter(compressor)
+    compressor: BinaryIO | None = None
+    if compression is Compression.NONE:
+        # The blob is the tar itself: one hash serves as diff_id and digest.
+        tar = blob = HashingWriter(writer)
+    else:
+        blob = HashingWriter(writer)
+        compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
+        tar = HashingWriter(compressor)
     tar_writer = LayerTarWriter(tar, reader.lookup, options or RecipeOptions())  # type: ignore[arg-type]
     try:
         changes = reader.changes()
@@ -111,9 +116,11 @@ def write_layer(
             tar_writer.add(entry)
         tar_writer.close()
     except BaseException:
-        _abandon(compressor)
+        if compressor is not None:
+            _abandon(compressor)
         raise
-    compressor.close()
+    if compressor is not None:
+        compressor.close()
     blob.flush()
     if tar_writer.skipped_sockets:
         log.warning("%s", socket_warning(tar_writer.skipped_sockets))
