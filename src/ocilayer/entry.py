@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 import stat
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 EMPTY_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 
@@ -79,8 +79,7 @@ class WindowsMetadata:
     streams: tuple[AlternateStream, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One path of a layer changeset with its metadata and a way to read its content.
 
     `kind` says what changed. A DELETE entry names the deleted path and an OPAQUE
@@ -90,6 +89,9 @@ class Entry:
     Linux, the file id on Windows); only non-directories with `nlink > 1` form
     groups. Content comes from `content` when the reader read it ahead, else from
     `source_path` (a file on disk), else from `opener`.
+
+    A NamedTuple rather than a frozen dataclass: readers make one per path, and a
+    tuple is built in a third of the time.
     """
 
     path: bytes
@@ -105,7 +107,7 @@ class Entry:
     linkname: bytes = b""
     devmajor: int = 0
     devminor: int = 0
-    xattrs: Mapping[bytes, bytes] = field(default_factory=lambda: EMPTY_XATTRS)
+    xattrs: Mapping[bytes, bytes] = EMPTY_XATTRS
     link_key: Hashable | None = None
     nlink: int = 1
     source_path: bytes | None = None

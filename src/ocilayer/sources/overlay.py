@@ -310,9 +310,7 @@ class OverlaySource:
 
 
 def _with_source(entry: Entry, source: bytes) -> Entry:
-    from dataclasses import replace
-
-    return replace(entry, source_path=source)
+    return entry._replace(source_path=source)
 
 
 def looks_like_upper(path: str | bytes | os.PathLike[str]) -> bool:

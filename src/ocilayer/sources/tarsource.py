@@ -8,9 +8,8 @@ held the name in the input.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ocilayer.compression import open_decompressor
 from ocilayer.entry import ChangeKind, Entry, FileType
@@ -54,7 +53,7 @@ class TarSource:
         return Entry(path=path, kind=ChangeKind.MODIFY, type=FileType.DIRECTORY, mode=0o755)
 
     def _relocate(self, entry: Entry) -> Entry:
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if self.prefix:
             changes["path"] = _join(self.prefix, entry.path)
             if entry.type is FileType.HARDLINK:
@@ -65,7 +64,7 @@ class TarSource:
             }
         if not changes:
             return entry
-        return dataclasses.replace(entry, **changes)  # type: ignore[arg-type]
+        return entry._replace(**changes)
 
     def _keeps(self, name: bytes) -> bool:
         if self.xattrs is XattrPolicy.NONE:
