@@ -40,9 +40,11 @@ def is_host_specific(name: bytes) -> bool:
 _IGNORED_ERRNOS = (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
-def read_capability(full: bytes) -> bytes:
-    """Return `security.capability` of a path (not following symlinks), or `b""`."""
+def read_capability(full: bytes | int) -> bytes:
+    """Return `security.capability` of a path (not following symlinks) or fd, or `b""`."""
     try:
+        if isinstance(full, int):
+            return os.getxattr(full, CAPABILITY)
         return os.getxattr(full, CAPABILITY, follow_symlinks=False)
     except OSError as error:
         if error.errno in _IGNORED_ERRNOS:
@@ -50,19 +52,22 @@ def read_capability(full: bytes) -> bytes:
         raise
 
 
-def read_xattrs(full: bytes, policy: XattrPolicy) -> Mapping[bytes, bytes]:
-    """Read the xattrs of a path that `policy` keeps, without following symlinks.
+def read_xattrs(full: bytes | int, policy: XattrPolicy) -> Mapping[bytes, bytes]:
+    """Read the xattrs that `policy` keeps, of a path (not following symlinks) or an fd.
 
-    Empty values are left out: a PAX record with an empty value means "unset" to
-    readers such as GNU tar, so it cannot carry them.
+    An open file descriptor saves the kernel a path lookup per call. Empty values
+    are left out: a PAX record with an empty value means "unset" to readers such as
+    GNU tar, so it cannot carry them.
     """
     if policy is XattrPolicy.NONE:
         return EMPTY_XATTRS
     if policy is XattrPolicy.CAPABILITY:
         value = read_capability(full)
         return {CAPABILITY: value} if value else EMPTY_XATTRS
+    # An fd is never a symlink, and os rejects follow_symlinks=False with one.
+    follow = isinstance(full, int)
     try:
-        names = os.listxattr(full, follow_symlinks=False)
+        names = os.listxattr(full, follow_symlinks=follow)
     except OSError as error:
         if error.errno in _IGNORED_ERRNOS:
             return EMPTY_XATTRS
@@ -75,7 +80,7 @@ def read_xattrs(full: bytes, policy: XattrPolicy) -> Mapping[bytes, bytes]:
         if is_host_specific(name):
             continue
         try:
-            value = os.getxattr(full, name, follow_symlinks=False)
+            value = os.getxattr(full, name, follow_symlinks=follow)
         except OSError as error:
             if error.errno in _IGNORED_ERRNOS:
                 continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from ocilayer.entry import EMPTY_XATTRS, ChangeKind, Entry, FileType
 from ocilayer.errors import LayerError
@@ -142,11 +142,15 @@ def open_regular(path: bytes) -> int:
     return fd
 
 
-def _read_small(node: Node, size: int) -> bytes:
-    """Read a small file whole; a byte more than expected shows that it grew."""
+def _read_small(node: Node, size: int, policy: XattrPolicy) -> tuple[bytes, Mapping[bytes, bytes]]:
+    """Read a small file whole, and its xattrs through the same descriptor.
+
+    A byte more than expected shows that the file grew.
+    """
     try:
         fd = open_regular(node.full)
         try:
+            xattrs = read_xattrs(fd, policy)
             data = os.read(fd, size + 1)
         finally:
             os.close(fd)
@@ -157,7 +161,7 @@ def _read_small(node: Node, size: int) -> bytes:
             f"{os.fsdecode(node.full)!r} changed size while it was being read (expected "
             f"{size} bytes); export from a layer that is not in use"
         )
-    return data
+    return data, xattrs
 
 
 def entry_from_node(
@@ -178,9 +182,10 @@ def entry_from_node(
     linkname = b""
     devmajor = devminor = 0
     content = None
+    xattrs = None
     if file_type is FileType.REGULAR:
         if read_ahead and 0 < st.st_size <= READ_AHEAD_SIZE and kind is not ChangeKind.UNMODIFIED:
-            content = _read_small(node, st.st_size)
+            content, xattrs = _read_small(node, st.st_size, policy)
     elif file_type is FileType.SYMLINK:
         linkname = os.readlink(node.full)
     elif file_type is FileType.CHAR or file_type is FileType.BLOCK:
@@ -197,12 +202,18 @@ def entry_from_node(
         linkname=linkname,
         devmajor=devmajor,
         devminor=devminor,
-        xattrs=read_xattrs(node.full, policy) if file_type is not FileType.SOCKET else EMPTY_XATTRS,
+        xattrs=xattrs if xattrs is not None else _path_xattrs(node.full, file_type, policy),
         link_key=(st.st_dev, st.st_ino),
         nlink=st.st_nlink,
         source_path=node.full if file_type is FileType.REGULAR else None,
         content=content,
     )
+
+
+def _path_xattrs(full: bytes, file_type: FileType, policy: XattrPolicy) -> Mapping[bytes, bytes]:
+    if file_type is FileType.SOCKET:
+        return EMPTY_XATTRS
+    return read_xattrs(full, policy)
 
 
 def _check_name(node: Node) -> Node:
