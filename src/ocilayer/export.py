@@ -17,7 +17,6 @@ from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError
-from ocilayer.prefetch import prefetch
 from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.sources.tarsource import TarSource
@@ -106,11 +105,7 @@ def write_layer(
         tar = HashingWriter(compressor)
     tar_writer = LayerTarWriter(tar, reader.lookup, options or RecipeOptions())  # type: ignore[arg-type]
     try:
-        changes = reader.changes()
-        # Entries of a stream (a tar source) must be consumed in order, one at a time.
-        if getattr(reader, "prefetchable", False):
-            changes = prefetch(changes)
-        for entry in changes:
+        for entry in reader.changes():
             if cancel is not None and cancel.is_set():
                 raise Cancelled("export cancelled")
             tar_writer.add(entry)

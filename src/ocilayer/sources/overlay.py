@@ -105,9 +105,6 @@ def redirect_origin(path: bytes, redirect: bytes, where: bytes) -> bytes:
 class OverlaySource:
     """Layer reader over an overlayfs upper directory and its lower layers (lowest first)."""
 
-    # Entries read files from disk, so a reader thread may run ahead of the writer.
-    prefetchable = True
-
     def __init__(
         self,
         upper: str | bytes | os.PathLike[str],

@@ -120,8 +120,8 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
             up = next(upper_it, None)
 
 
-# Regular files up to this size are read when their entry is made, so that the read
-# happens on the reader thread (see `ocilayer.prefetch`).
+# Regular files up to this size are read when their entry is made, through the same
+# descriptor as their xattrs.
 READ_AHEAD_SIZE = 1 << 16
 
 
@@ -236,9 +236,6 @@ class SnapshotSource:
     `include` limits the changes to the given subtrees (relative paths); parent
     directories of included changes are still written by the tar writer.
     """
-
-    # Entries read files from disk, so a reader thread may run ahead of the writer.
-    prefetchable = True
 
     def __init__(
         self,
