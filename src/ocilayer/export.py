@@ -17,6 +17,7 @@ from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError
+from ocilayer.progress import Progress
 from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.sources.tarsource import TarSource
@@ -89,11 +90,13 @@ def write_layer(
     threads: int = 0,
     options: RecipeOptions | None = None,
     cancel: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> Descriptor:
     """Write the layer tar of `reader` to `writer`, compressed, and return its descriptor.
 
     `cancel` is checked before each entry; when it is set, Cancelled is raised and
-    the end-of-archive blocks are never written.
+    the end-of-archive blocks are never written. `progress`, when given, is updated
+    after each entry with the entries and tar bytes written so far.
     """
     compressor: BinaryIO | None = None
     if compression is Compression.NONE:
@@ -109,7 +112,11 @@ def write_layer(
             if cancel is not None and cancel.is_set():
                 raise Cancelled("export cancelled")
             tar_writer.add(entry)
+            if progress is not None:
+                progress.update(tar_writer.entries_written, tar_writer.size)
         tar_writer.close()
+        if progress is not None:
+            progress.update(tar_writer.entries_written, tar_writer.size)
     except BaseException:
         if compressor is not None:
             _abandon(compressor)
@@ -145,6 +152,7 @@ def export_layer_to_tar(
     include: Iterable[bytes] = (),
     source: str = "snapshot",
     prefix: bytes = b"",
+    progress: Progress | None = None,
 ) -> Descriptor:
     """Export a layer directory as an OCI layer tar stream into `writer`.
 
@@ -163,7 +171,7 @@ def export_layer_to_tar(
     """
     options = RecipeOptions(source_date_epoch=source_date_epoch, keep_nanoseconds=keep_nanoseconds)
     settings = {"compression": compression, "level": level, "threads": threads,
-                "options": options, "cancel": cancel}  # fmt: skip
+                "options": options, "cancel": cancel, "progress": progress}  # fmt: skip
     if source == "tar":
         if list(parent_layer_paths):
             raise LayerError("a layer tar is already a changeset; it takes no parent layers")

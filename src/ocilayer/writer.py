@@ -83,6 +83,12 @@ class LayerTarWriter:
         self._pending_links: dict[Hashable, list[Entry]] = {}
         self.skipped_sockets: list[bytes] = []
         self.entries_written = 0
+        self._flushed = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of tar written so far, buffered bytes included."""
+        return self._flushed + len(self._buffer)
 
     def add(self, entry: Entry) -> None:
         """Write the tar entries for one change."""
@@ -196,6 +202,7 @@ class LayerTarWriter:
         """Write to the destination; its errors are about the output, never an input file."""
         try:
             self._out.write(data)
+            self._flushed += len(data)
         except BrokenPipeError:
             raise OutputError(
                 "cannot write the layer: the reading end of the pipe closed"

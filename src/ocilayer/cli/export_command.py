@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 from ocilayer.compression import Compression
 from ocilayer.export import export_layer_to_tar
+from ocilayer.progress import Progress
 from ocilayer.sink import open_output
 from ocilayer.xattrs import XattrPolicy
 
@@ -126,6 +127,12 @@ def add_parser(subparsers: Any) -> None:
         help="export only this path of the layer and what is below it; repeatable",
     )
     parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="show no progress line (it is shown only when stderr is a terminal)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print the OCI descriptor (mediaType, digest, size) and diffID as JSON on stdout",
@@ -233,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
     epoch = _source_date_epoch(args)
     include = [os.fsencode(path) for path in args.include]
 
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = Progress("export")
     with _open_output(args.output) as raw:
         descriptor = export_layer_to_tar(
             raw,
@@ -247,7 +257,10 @@ def run(args: argparse.Namespace) -> int:
             include=include,
             source=args.source,
             prefix=os.fsencode(args.prefix),
+            progress=progress,
         )
+    if progress is not None:
+        progress.finish()
     if args.json:
         print(json.dumps(descriptor.to_json(), indent=2))
     return EXIT_OK
