@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,15 +32,18 @@ from apply_helpers import (
     get_xattr,
     hardlink,
     listing,
+    raw_pax_entry,
     same_inode,
     symlink,
     tar,
     whiteout,
 )
 from ocilayer.apply import ApplyError, DiffIdMismatchError, import_layer_from_tar
+from ocilayer.apply.paths import remove_tree
 from ocilayer.compression import Compression
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
 from ocilayer.tarformat.encoder import END_OF_ARCHIVE
+from ocilayer.tarformat.reader import shorten
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -302,6 +306,23 @@ def test_stray_whiteout_never_reaches_through_the_new_symlink(tmp_path: Path) ->
     assert listing(root) == {"a": "l -> /b", "b": "d 755", "b/a": "f 644 'keep'"}
 
 
+@pytest.fixture
+def deep_root(tmp_path: Path) -> Iterator[Path]:
+    """A target directory whose contents are removed after the test, however deep.
+
+    pytest's own cleanup calls shutil.rmtree, which recurses once per level and
+    fails on trees deeper than about 1,000 directories.
+    """
+    root = tmp_path / "root"
+    yield root
+    if root.exists():
+        parent_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+        try:
+            remove_tree(parent_fd, b"root")
+        finally:
+            os.close(parent_fd)
+
+
 def make_deep_tree(base: Path, depth: int) -> Path:
     """Create `depth` nested directories `d` under `base`, with a file at the bottom."""
     path = base
@@ -312,9 +333,9 @@ def make_deep_tree(base: Path, depth: int) -> Path:
     return path
 
 
-def test_whiteout_removes_a_deep_tree(tmp_path: Path) -> None:
+def test_whiteout_removes_a_deep_tree(deep_root: Path) -> None:
     """Deeper than Python's recursion limit of 1,000, which recursive removal hits."""
-    root = tmp_path / "root"
+    root = deep_root
     apply(tar(file("keep", "k")), root)
     make_deep_tree(root, 1100)
     apply(tar(whiteout(".wh.d")), root)
@@ -332,6 +353,127 @@ def test_tree_removal_never_follows_symlinks(tmp_path: Path) -> None:
     apply(tar(whiteout(".wh.d")), root)
     assert listing(root) == {}
     assert listing(outside) == {"sub": "d 755", "sub/file": "f 644 'o'"}
+
+
+# Long paths and deep trees
+
+
+def lstat_below(root: Path, path: str) -> os.stat_result:
+    """lstat `path` under `root` one component at a time, for paths beyond PATH_MAX."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        *directories, name = path.split("/")
+        for component in directories:
+            child = os.open(component, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+
+
+def test_path_of_4095_bytes_applies(tmp_path: Path) -> None:
+    longest = "/".join(["c" * 255] * 16)
+    assert len(longest) == 4095
+    apply(tar(file(longest, "deep")), tmp_path / "root")
+    assert lstat_below(tmp_path / "root", longest).st_size == 4
+
+
+PATH_MAX_RULE = "Linux paths are at most 4095 bytes (PATH_MAX is 4096 with the final NUL)"
+
+
+def test_paths_of_path_max_are_rejected(tmp_path: Path) -> None:
+    name = "/".join(["c" * 255] * 16) + "x"
+    with pytest.raises(ApplyError) as raised:
+        apply(tar(file(name)), tmp_path / "root")
+    assert str(raised.value) == (
+        f"entry b'{'c' * 200}'... (4096 bytes) (offset 0): the entry's path is 4096 bytes "
+        f"long after cleaning; {PATH_MAX_RULE}"
+    )
+    target = "/".join(["c" * 255] * 20)
+    with pytest.raises(ApplyError) as raised:
+        apply(tar(file("target"), hardlink("link", target)), tmp_path / "root")
+    assert str(raised.value) == (
+        "entry b'link' (offset 512): the entry's hardlink target is 5119 bytes long after "
+        f"cleaning; {PATH_MAX_RULE}"
+    )
+    assert listing(tmp_path / "root") == {"target": "f 644 ''"}
+
+
+def test_megabyte_path_is_rejected_in_short(deep_root: Path) -> None:
+    """A 1 MiB PAX path (4,000 components of 255 bytes) once used 3.4 GB to apply."""
+    name = "/".join(["c" * 255] * 4000)
+    layer = tar(raw_pax_entry("x", {b"path": name.encode()}))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApplyError) as raised:
+            apply(layer, deep_root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    shown = "c" * 200
+    assert str(raised.value) == (
+        f"entry b'{shown}'... (1023999 bytes) (offset 0): the entry's path is 1023999 bytes "
+        "long after cleaning; Linux paths are at most 4095 bytes (PATH_MAX is 4096 with "
+        "the final NUL)"
+    )
+    assert peak < 16 << 20, f"peak {peak} bytes"
+    assert listing(deep_root) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "resolved", "real_length"),
+    [("l/" + "f" * 255, "l/" + "f" * 255, 4351), ("l/d/f", "l/d", 4097)],
+    ids=["file", "parent"],
+)
+def test_symlinks_cannot_lengthen_a_path_past_path_max(
+    tmp_path: Path, name: str, resolved: str, real_length: int
+) -> None:
+    longest = "/".join(["c" * 255] * 16)
+    prefix = tar(directory(longest + "/"), symlink("l", longest), end=b"")
+    with pytest.raises(ApplyError) as raised:
+        apply(prefix + tar(file(name, "x")), tmp_path / "root")
+    assert str(raised.value) == (
+        f"entry {shorten(name.encode())} (offset {len(prefix)}): "
+        f"{shorten(resolved.encode())} leads through symlinks to a path of {real_length} bytes "
+        "or more; Linux paths are at most 4095 bytes"
+    )
+    assert lstat_below(tmp_path / "root", longest).st_nlink == 2
+
+
+def test_deep_unique_chains_use_little_memory(deep_root: Path) -> None:
+    """Each chain's 1,000 ancestors were once stored as keys of up to 2 KB each."""
+    chain = "/".join(["a"] * 1000)
+    layer = tar(*(file(f"x{index}/{chain}/f") for index in range(10)))
+    tracemalloc.start()
+    try:
+        apply(layer, deep_root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, f"peak {peak} bytes"
+    assert lstat_below(deep_root, f"x9/{chain}/f").st_size == 0
+
+
+def test_deep_tree_opens_each_directory_few_times(
+    deep_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setting directory times reopened every directory from the root: quadratic."""
+    depth = 1000
+    layer = tar(*(directory("d/" * level) for level in range(1, depth + 1)))
+    opened = 0
+    real_open = os.open
+
+    def counting_open(*args: object, **kwargs: object) -> int:
+        nonlocal opened
+        opened += 1
+        return real_open(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", counting_open)
+    apply(layer, deep_root)
+    monkeypatch.undo()
+    assert opened < 4 * depth, f"{opened} opens for {depth} levels"
+    assert lstat_below(deep_root, "d/" * (depth - 1) + "d").st_mtime_ns == MTIME_NS
 
 
 # Hardlinks
@@ -788,6 +930,20 @@ def test_unprivileged_apply_without_rootless_fails_with_a_hint(nobody_target: Pa
         "ocilayer.apply.errors.ApplyError: entry b'ro/' (offset 0): Operation not permitted; "
         "the operation needs privileges: apply as root, or pass rootless=True"
     )
+
+
+def test_rootless_directory_without_search_permission(nobody_target: Path) -> None:
+    """Final modes are set children first, so 0600 on `d` cannot block `d/sub`."""
+    layer = tar(
+        directory("d/", 0o600, mtime_ns=T1),
+        directory("d/sub/", 0o700, mtime_ns=T1 + 1),
+        file("d/sub/f", "x"),
+    )
+    result = run_as_nobody(layer, nobody_target, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert listing(nobody_target) == {"d": "d 600", "d/sub": "d 700", "d/sub/f": "f 644 'x'"}
+    assert os.lstat(nobody_target / "d").st_mtime_ns == T1
+    assert os.lstat(nobody_target / "d/sub").st_mtime_ns == T1 + 1
 
 
 def test_rootless_whiteout_removes_read_only_tree(nobody_target: Path) -> None:

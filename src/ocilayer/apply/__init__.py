@@ -31,7 +31,7 @@ from ocilayer.apply.rootfs import RootfsApplier
 from ocilayer.compression import Compression, open_decompressor
 from ocilayer.digest import HashingReader
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
-from ocilayer.tarformat.reader import TarReader
+from ocilayer.tarformat.reader import TarReader, shorten
 
 __all__ = [
     "AppliedLayer",
@@ -149,7 +149,7 @@ def import_layer_from_tar(
 def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[], None]) -> None:
     for entry in tar:
         check_cancelled()
-        context = f"entry {tar.entry_name!r} (offset {tar.entry_offset})"
+        context = f"entry {shorten(tar.entry_name)} (offset {tar.entry_offset})"
         try:
             applier.apply(entry)
         except (UnsafePathError, TarFormatError) as error:

@@ -11,8 +11,9 @@ Rules, in the words of the OCI image spec where it has them:
   content and metadata there. Then it is renamed over the old path, so a failed or
   cancelled apply never leaves a half-written file where a good one was. Temporary
   names start with `.wh.`, a prefix that no file of a layer can have.
-- The layer's own paths, and every directory above them, are recorded, because
-  whiteouts and opaque markers hide only what the lower layers contain. So are the
+- The layer's own paths, and every directory above them, are recorded (in a
+  `PathTree`, which stores each path once), because whiteouts and opaque markers
+  hide only what the lower layers contain. So are the
   paths that its whiteouts removed: a later whiteout or opaque marker below such a
   path has nothing left to hide and changes nothing.
 - A layer contains each path once (image-spec: "duplicate entries ... MUST NOT" exist), so
@@ -24,12 +25,16 @@ Rules, in the words of the OCI image spec where it has them:
   sets no metadata, so it cannot change a file outside the root through a symlink.
 - Directory times are set again after the last entry, because creating children
   changes them.
+- An entry path or hardlink target of PATH_MAX (4096) bytes or more is rejected:
+  Linux cannot name such a file in one system call, so other tools could not read
+  the tree. The cap also keeps each path's cost in memory and time bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import os
 import secrets
@@ -40,15 +45,16 @@ from dataclasses import dataclass
 from ocilayer.apply.errors import ApplyError
 from ocilayer.apply.metadata import MetadataWriter, entry_times
 from ocilayer.apply.paths import (
+    PATH_MAX,
     Location,
     Resolver,
     join,
     list_directory,
     lstat_at,
     open_directory,
-    open_real_directory,
     remove_tree,
 )
+from ocilayer.apply.pathtree import PathTree
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import TarFormatError, UnsafePathError
 
@@ -102,9 +108,13 @@ class Applier:
         self.options = options
         self.resolver = Resolver(root_fd, self)
         self.metadata = MetadataWriter(rootless=options.rootless)
-        self.layer_paths: dict[bytes, Origin] = {}
+        self.layer_paths: PathTree[Origin] = PathTree(Origin.ANCESTOR)
         # Paths whose lower content a whiteout of this layer removed or hid.
         self.whiteouts: set[bytes] = set()
+        # Directories that make_directory created for the current entry, as runs of
+        # nested directories: (path of the deepest, length of the first one's path).
+        # A run stores one path, so a deep entry costs memory linear in its length.
+        self.created_directories: list[tuple[bytes, int]] = []
         # (real path, atime, mtime, mode) of every directory whose times to set at the end.
         self.directory_times: list[tuple[bytes, int, int, int]] = []
         self.bytes_written = 0
@@ -134,8 +144,12 @@ class Applier:
                 )
             self.remove(dir_fd, name, existing)
         os.mkdir(name, 0o700, dir_fd=dir_fd)
+        runs = self.created_directories
+        if runs and runs[-1][0] == dir_path:
+            runs[-1] = (path, runs[-1][1])
+        else:
+            runs.append((path, len(path)))
         self.initialise_directory(dir_fd, path, name, existing)
-        self.layer_paths[path] = Origin.ANCESTOR
 
     def initialise_directory(
         self, dir_fd: int, path: bytes, name: bytes, replaced: os.stat_result | None
@@ -148,6 +162,7 @@ class Applier:
     # Entries
 
     def apply(self, entry: Entry) -> None:
+        _check_path_lengths(entry)
         try:
             if entry.kind is ChangeKind.DELETE:
                 self.whiteout(entry)
@@ -156,7 +171,19 @@ class Applier:
             else:
                 self.add(entry)
         finally:
+            self._record_created_directories()
             self.resolver.end_entry()
+
+    def _record_created_directories(self) -> None:
+        """Record the directories created for the current entry as the layer's own.
+
+        Only the deepest directory of each run is stored, and none that is already a
+        member (an ancestor of the entry), because `layer_paths` counts ancestors.
+        """
+        runs, self.created_directories = self.created_directories, []
+        for deepest, _ in runs:
+            if deepest not in self.layer_paths:
+                self.layer_paths[deepest] = Origin.ANCESTOR
 
     def whiteout(self, entry: Entry) -> None:
         raise NotImplementedError
@@ -184,14 +211,7 @@ class Applier:
             if not self._add_non_directory(entry, location, existing):
                 return
             origin = Origin.OTHER
-        self._record(location.path, origin)
-
-    def _record(self, path: bytes, origin: Origin) -> None:
-        self.layer_paths[path] = origin
-        parent = parent_of(path)
-        while parent and parent not in self.layer_paths:
-            self.layer_paths[parent] = Origin.ANCESTOR
-            parent = parent_of(parent)
+        self.layer_paths[location.path] = origin
 
     def _check_duplicate(self, entry: Entry, path: bytes) -> None:
         origin = self.layer_paths.get(path)
@@ -393,22 +413,90 @@ class Applier:
     # The end of the layer
 
     def finish(self) -> None:
-        """Set directory times (and, rootless, the final modes) after the last entry."""
+        """Set directory times (and, rootless, the final modes) after the last entry.
+
+        Directories are visited children first, so a final mode without search
+        permission never blocks the way to a directory below it. The walk keeps the
+        current chain of directories open, so a deep tree takes time linear in its size.
+        """
+        latest: dict[bytes, tuple[int, int, int]] = {}
         for path, atime, mtime, mode in self.directory_times:
-            parent_fd = open_real_directory(self.root_fd, parent_of(path))
-            if parent_fd is None:
-                continue
-            name = path[path.rfind(b"/") + 1 :]
-            try:
+            # A later entry for the same directory wins.
+            latest[path] = (atime, mtime, mode)
+        # With `/` as NUL, a directory sorts right before its descendants, so in
+        # reverse order every descendant comes before its ancestors.
+        ordered = sorted(latest, key=lambda path: path.replace(b"/", b"\x00"), reverse=True)
+        chain = DirectoryChain(self.root_fd)
+        try:
+            for path in ordered:
+                parent_fd = chain.open(parent_of(path))
+                if parent_fd is None:
+                    continue
+                name = path[path.rfind(b"/") + 1 :]
                 existing = lstat_at(parent_fd, name)
                 if existing is None or not stat.S_ISDIR(existing.st_mode):
                     continue
+                atime, mtime, mode = latest[path]
                 if self.options.rootless:
                     os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)
                 os.utime(name, ns=(atime, mtime), dir_fd=parent_fd, follow_symlinks=False)
-            finally:
-                os.close(parent_fd)
+        finally:
+            chain.close()
         self.metadata.log_summary()
+
+
+class DirectoryChain:
+    """The open directories from the root down to the last one asked for."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._paths: list[bytes] = [b""]
+        self._fds: list[int] = [root_fd]
+
+    def open(self, path: bytes) -> int | None:
+        """Return a descriptor of the real directory `path`, or None if it is not one.
+
+        Directories of the chain that are not ancestors of `path` are closed.
+        """
+        while len(self._paths) > 1 and not _is_same_or_below(path, self._paths[-1]):
+            self._paths.pop()
+            os.close(self._fds.pop())
+        top = self._paths[-1]
+        rest = path[len(top) + 1 :] if top else path
+        for component in rest.split(b"/") if rest else ():
+            try:
+                fd = open_directory(self._fds[-1], component)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as error:
+                if error.errno != errno.ELOOP:
+                    raise
+                return None
+            self._paths.append(join(self._paths[-1], component))
+            self._fds.append(fd)
+        return self._fds[-1]
+
+    def close(self) -> None:
+        for fd in self._fds[1:]:
+            os.close(fd)
+        del self._paths[1:], self._fds[1:]
+
+
+def _is_same_or_below(path: bytes, directory: bytes) -> bool:
+    return path == directory or path.startswith(directory + b"/")
+
+
+def _check_path_lengths(entry: Entry) -> None:
+    """Raise ApplyError for an entry path or hardlink target that Linux cannot name."""
+    paths = [("path", entry.path)]
+    if entry.type is FileType.HARDLINK:
+        paths.append(("hardlink target", entry.linkname))
+    for label, path in paths:
+        if len(path) >= PATH_MAX:
+            raise ApplyError(
+                f"the entry's {label} is {len(path)} bytes long after cleaning; Linux "
+                f"paths are at most {PATH_MAX - 1} bytes (PATH_MAX is {PATH_MAX} with the "
+                "final NUL)"
+            )
 
 
 def _unlink_quietly(dir_fd: int, name: bytes) -> None:

@@ -39,10 +39,10 @@ from __future__ import annotations
 import os
 import stat
 
-from ocilayer.apply.applier import Applier, ApplyOptions, Origin
+from ocilayer.apply.applier import Applier, ApplyOptions, DirectoryChain, Origin
 from ocilayer.apply.lower import LowerFile, LowerView, Visibility
 from ocilayer.apply.metadata import copy_xattrs, proc_path
-from ocilayer.apply.paths import Location, lstat_at, open_real_directory
+from ocilayer.apply.paths import Location, lstat_at
 from ocilayer.entry import Entry, parent_of
 
 WHITEOUT_DEVICE = os.makedev(0, 0)
@@ -69,17 +69,23 @@ class OverlayApplier(Applier):
         self.xwhiteouts = xwhiteouts
         # Directories whose lower contents this layer hides: opaque ones and new ones.
         self.opaque_dirs: set[bytes] = set()
-        # Directories created while the current whiteout is resolved.
-        self._new_directories: list[bytes] | None = None
 
     # Looking below
 
     def hidden_by_layer(self, path: bytes) -> bool:
         """Return whether a directory of this layer hides `path` in the parent layers."""
-        parent = path
-        while parent:
-            parent = parent_of(parent)
-            if parent in self.opaque_dirs:
+        if not self.opaque_dirs:
+            return False
+        # Check whichever is fewer, the opaque directories or the ancestors of `path`,
+        # so that a deep path costs no more than a few comparisons of its length.
+        if len(self.opaque_dirs) <= path.count(b"/") + 1:
+            return any(
+                not directory or path.startswith(directory + b"/") for directory in self.opaque_dirs
+            )
+        cut = len(path)
+        while cut > 0:
+            cut = path.rfind(b"/", 0, cut)
+            if (path[:cut] if cut > 0 else b"") in self.opaque_dirs:
                 return True
         return False
 
@@ -104,8 +110,6 @@ class OverlayApplier(Applier):
     def initialise_directory(
         self, dir_fd: int, path: bytes, name: bytes, replaced: os.stat_result | None
     ) -> None:
-        if self._new_directories is not None:
-            self._new_directories.append(path)
         visibility, found = self.lower_lookup(path)
         try:
             if replaced is None and found is not None and stat.S_ISDIR(found.stat.st_mode):
@@ -146,12 +150,8 @@ class OverlayApplier(Applier):
     # Whiteouts
 
     def whiteout(self, entry: Entry) -> None:
-        self._new_directories = []
-        try:
-            if not self._whiteout(entry):
-                self._remove_new_directories()
-        finally:
-            self._new_directories = None
+        if not self._whiteout(entry):
+            self._remove_created_directories()
 
     def _whiteout(self, entry: Entry) -> bool:
         """Apply a whiteout; return False when it changed nothing that must stay."""
@@ -191,18 +191,22 @@ class OverlayApplier(Applier):
             found.close()
         return visibility is Visibility.FOUND
 
-    def _remove_new_directories(self) -> None:
+    def _remove_created_directories(self) -> None:
         """Remove the directories created for a whiteout that turned out to hide nothing."""
-        for path in reversed(self._new_directories or []):
-            parent_fd = open_real_directory(self.root_fd, parent_of(path))
-            if parent_fd is None:
-                continue
-            try:
-                os.rmdir(path[path.rfind(b"/") + 1 :], dir_fd=parent_fd)
-            finally:
-                os.close(parent_fd)
-            self.layer_paths.pop(path, None)
-            self.opaque_dirs.discard(path)
+        chain = DirectoryChain(self.root_fd)
+        try:
+            # Deepest first, so each directory is empty when it is removed.
+            for path, first_length in reversed(self.created_directories):
+                while len(path) >= first_length:
+                    parent = parent_of(path)
+                    parent_fd = chain.open(parent)
+                    if parent_fd is not None:
+                        os.rmdir(path[path.rfind(b"/") + 1 :], dir_fd=parent_fd)
+                    self.opaque_dirs.discard(path)
+                    path = parent
+        finally:
+            chain.close()
+        self.created_directories.clear()
         self.resolver.invalidate()
 
     def make_whiteout(self, dir_fd: int, name: bytes) -> None:

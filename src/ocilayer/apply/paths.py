@@ -22,11 +22,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from ocilayer.apply.errors import ApplyError
 from ocilayer.entry import parent_of
 from ocilayer.errors import UnsafePathError
+from ocilayer.tarformat.reader import shorten
 
 # Linux gives up after 40 symlinks in one lookup (ELOOP); so does the resolver.
 MAX_SYMLINKS = 40
+# Linux's limit on a path given to a system call, the final NUL included (ENAMETOOLONG).
+PATH_MAX = 4096
 _OPEN_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FOR_LISTING = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Resolved directories stay open between entries, up to this many.
@@ -126,6 +130,15 @@ def _open_for_removal(
     return fd, name, subdirectories
 
 
+def _check_real_length(path: bytes, real: bytes) -> None:
+    """Raise ApplyError when symlinks on the way make `path` longer than Linux allows."""
+    if len(real) >= PATH_MAX:
+        raise ApplyError(
+            f"{shorten(path)} leads through symlinks to a path of {len(real)} bytes or "
+            f"more; Linux paths are at most {PATH_MAX - 1} bytes"
+        )
+
+
 class Tree(Protocol):
     """Interface that the resolver needs from the applier that owns the target."""
 
@@ -181,7 +194,9 @@ class Resolver:
         if directory is None:
             return None
         cut = path.rfind(b"/")
-        return Location(directory[0], directory[1], path[cut + 1 :])
+        location = Location(directory[0], directory[1], path[cut + 1 :])
+        _check_real_length(path, location.path)
+        return location
 
     def resolve_directory(
         self, path: bytes, *, create: bool, whiteout: bool = False
@@ -268,6 +283,7 @@ class Resolver:
                     continue
 
                 child = join(real, component)
+                _check_real_length(path, child)
                 existing = lstat_at(fd, component)
                 target: bytes | None = None
                 if existing is not None and stat.S_ISDIR(existing.st_mode):

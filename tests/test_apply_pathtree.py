@@ -1,0 +1,131 @@
+"""The path tree that records a layer's paths: exact values, ancestors and memory."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+
+from ocilayer.apply.pathtree import PathTree
+
+ANCESTOR = "ancestor"
+
+
+class NaiveTree:
+    """The same map with every ancestor stored as its own key: obviously right, but big."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, str] = {}
+
+    def get(self, path: bytes) -> str | None:
+        if path in self.values:
+            return self.values[path]
+        prefix = path + b"/"
+        return ANCESTOR if any(key.startswith(prefix) for key in self.values) else None
+
+    def set(self, path: bytes, value: str) -> None:
+        self.values[path] = value
+
+    def discard(self, path: bytes) -> None:
+        self.values.pop(path, None)
+
+
+def test_values_and_ancestors() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    tree[b"a/b/c"] = "file"
+    assert tree.get(b"a/b/c") == "file"
+    assert tree.get(b"a/b") == ANCESTOR
+    assert tree.get(b"a") == ANCESTOR
+    assert tree.get(b"a/b/c/d") is None
+    assert tree.get(b"a/bc") is None
+    assert tree.get(b"a/b/") is None
+    assert tree.get(b"") is None
+    assert b"a/b" in tree
+    assert b"b" not in tree
+
+
+def test_values_on_ancestors_and_splits() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    tree[b"a/b/c/d"] = "file"
+    tree[b"a/b"] = "directory"
+    tree[b"a/b/x"] = "other"
+    tree[b"a/bb"] = "sibling"
+    assert tree.get(b"a/b/c/d") == "file"
+    assert tree.get(b"a/b/c") == ANCESTOR
+    assert tree.get(b"a/b") == "directory"
+    assert tree.get(b"a/b/x") == "other"
+    assert tree.get(b"a/bb") == "sibling"
+    assert tree.get(b"a") == ANCESTOR
+    tree[b"a/b"] = "replaced"
+    assert tree.get(b"a/b") == "replaced"
+
+
+def test_discard_keeps_ancestors_of_others() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    tree[b"a/b"] = "directory"
+    tree[b"a/b/c"] = "file"
+    tree[b"a/d"] = "file"
+    tree.discard(b"a/b")
+    assert tree.get(b"a/b") == ANCESTOR
+    tree.discard(b"a/b/c")
+    assert tree.get(b"a/b") is None
+    assert tree.get(b"a/b/c") is None
+    assert tree.get(b"a") == ANCESTOR
+    tree.discard(b"a")
+    assert tree.get(b"a") == ANCESTOR
+    tree.discard(b"a/d")
+    assert tree.get(b"a") is None
+    tree.discard(b"never/recorded")
+    assert tree.get(b"never") is None
+
+
+def test_empty_path_is_rejected() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    with pytest.raises(ValueError, match="the empty path"):
+        tree[b""] = "root"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_operations_match_naive_map(seed: int) -> None:
+    rng = random.Random(seed)
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    naive = NaiveTree()
+    names = [b"a", b"b", b"ab", b"a.b", b"\xff"]
+
+    def random_path() -> bytes:
+        return b"/".join(rng.choice(names) for _ in range(rng.randint(1, 6)))
+
+    for _ in range(600):
+        path = random_path()
+        action = rng.random()
+        if action < 0.5:
+            value = rng.choice(["file", "directory", ANCESTOR])
+            tree[path] = value
+            naive.set(path, value)
+        elif action < 0.65:
+            tree.discard(path)
+            naive.discard(path)
+        for probe in (path, random_path(), path.rpartition(b"/")[0]):
+            if probe:
+                assert tree.get(probe) == naive.get(probe), probe
+
+
+def test_memory_grows_with_name_bytes_not_depth() -> None:
+    """Deep unique chains used quadratic memory when every ancestor was its own key."""
+    depth = 2000
+    chain = b"/".join([b"a"] * depth)
+    paths = [b"%d/%s" % (index, chain) for index in range(50)]
+    name_bytes = sum(len(path) for path in paths)
+    tracemalloc.start()
+    try:
+        tree: PathTree[str] = PathTree(ANCESTOR)
+        for path in paths:
+            tree[path] = "file"
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The ancestors' keys alone took about 50 * depth**2 = 200 MB before.
+    assert used < 2 * name_bytes + 50 * 1024
+    assert tree.get(paths[7]) == "file"
+    assert tree.get(paths[7].rpartition(b"/")[0]) == ANCESTOR
