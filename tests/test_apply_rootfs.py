@@ -788,7 +788,7 @@ def test_device_without_mknod_is_a_clear_error(tmp_path: Path) -> None:
     assert last_line == (
         "ocilayer.apply.errors.ApplyError: entry b'dev/null' (offset 1024): cannot create "
         "device node b'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, "
-        "or skip device nodes with a warning (skip_devices=True, --skip-devices)"
+        "or pass skip_devices=True to skip device nodes with a warning"
     )
     assert temp_files(tmp_path / "root") == []
 
@@ -848,7 +848,7 @@ def test_unmapped_owner_names_the_id(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "ocilayer.apply.errors.ApplyError: entry b'big-owner' (offset 0): cannot give "
         "b'big-owner' the owner 4294967294:1000240000: the id is not mapped in this user "
-        "namespace; map it, or apply with rootless=True (--rootless)"
+        "namespace; map it, or pass rootless=True to apply no file owners"
     )
     assert temp_files(tmp_path / "root") == []
 
@@ -928,7 +928,8 @@ def test_unprivileged_apply_without_rootless_fails_with_a_hint(nobody_target: Pa
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "ocilayer.apply.errors.ApplyError: entry b'ro/' (offset 0): Operation not permitted; "
-        "the operation needs privileges: apply as root, or pass rootless=True"
+        "apply as root, or pass rootless=True to apply no file owners and skip the xattrs that "
+        "need privileges"
     )
 
 

@@ -6,15 +6,28 @@ import gzip
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from apply_helpers import directory, file, get_xattr, listing, raw_pax_entry, tar, whiteout
+from apply_helpers import (
+    directory,
+    entry,
+    file,
+    get_xattr,
+    listing,
+    raw_pax_entry,
+    tar,
+    whiteout,
+)
 
 OCILAYER = [sys.executable, "-m", "ocilayer"]
 LAYER = tar(directory("etc/"), file("etc/hosts", "127.0.0.1 localhost\n"))
@@ -117,6 +130,61 @@ def test_huge_numbers_fail_without_traceback(
     result = run("apply", "-", str(tmp_path / "root"), "--target", target, stdin=tar(layer))
     assert result.returncode == 1
     assert result.stderr.decode() == f"ocilayer: error: {message}\n"
+
+
+@pytest.fixture
+def shared_directory() -> Iterator[Path]:
+    """A 0755 directory that user 65534 can enter, outside root's 0700 pytest tree."""
+    directory = Path(tempfile.mkdtemp(prefix="ocilayer-cli-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def run_failing(command: Sequence[str], stdin: bytes) -> str:
+    """Run `command`, check that it exits with status 1 and return its stderr."""
+    result = subprocess.run(command, input=stdin, capture_output=True, check=False)
+    assert result.returncode == 1, result.stderr
+    return result.stderr.decode()
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+
+
+def test_privilege_hint_names_the_option(shared_directory: Path) -> None:
+    target = shared_directory / "root"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    layer = tar(directory("d/"), file("d/f", "x"))
+    stderr = run_failing([*AS_NOBODY, *OCILAYER, "apply", "-", str(target)], layer)
+    assert stderr == (
+        "ocilayer: error: entry b'd/' (offset 0): Operation not permitted; apply as root, or "
+        "use --rootless to apply no file owners and skip the xattrs that need privileges\n"
+    )
+
+
+def test_permission_denied_said_once(shared_directory: Path) -> None:
+    target = shared_directory / "root-owned"
+    target.mkdir()
+    command = [*AS_NOBODY, *OCILAYER, "apply", "-", str(target), "--rootless"]
+    stderr = run_failing(command, tar(file("f", "x")))
+    assert stderr == (
+        "ocilayer: error: entry b'f' (offset 0): Permission denied; check that this user may "
+        "write to the target, or apply as root\n"
+    )
+
+
+def test_device_hint_names_the_option(tmp_path: Path) -> None:
+    apply_command = shlex.join([*OCILAYER, "apply", "-", str(tmp_path / "root")])
+    command = ["capsh", "--drop=cap_mknod", "--", "-c", f"exec {apply_command}"]
+    layer = tar(entry("dev/null", b"3", mode=0o666, devmajor=1, devminor=3))
+    assert run_failing(command, layer) == (
+        "ocilayer: error: entry b'dev/null' (offset 0): cannot create device node "
+        "b'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, or use "
+        "--skip-devices to skip device nodes with a warning\n"
+    )
 
 
 def test_missing_layer_file_fails(tmp_path: Path) -> None:

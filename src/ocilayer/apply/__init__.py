@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, Literal, NamedTuple
 
 from ocilayer.apply.applier import Applier, ApplyOptions
-from ocilayer.apply.errors import ApplyError, DiffIdMismatchError
+from ocilayer.apply.errors import NEEDS_PRIVILEGES, ApplyError, DiffIdMismatchError, Hint
 from ocilayer.apply.lower import LowerView
 from ocilayer.apply.overlay import OverlayApplier
 from ocilayer.apply.rootfs import RootfsApplier
@@ -44,11 +44,11 @@ Target = Literal["rootfs", "overlay"]
 
 _CAP_MKNOD = 27
 _HINTS = {
-    errno.EPERM: "the operation needs privileges: apply as root, or pass rootless=True",
-    errno.EACCES: "permission denied: apply as root, or check the target's permissions",
-    errno.ENOSPC: "the target filesystem is full",
-    errno.EDQUOT: "the disk quota of the target is exhausted",
-    errno.EROFS: "the target is on a read-only filesystem",
+    errno.EPERM: NEEDS_PRIVILEGES,
+    errno.EACCES: Hint.same("check that this user may write to the target, or apply as root"),
+    errno.ENOSPC: Hint.same("the target filesystem is full"),
+    errno.EDQUOT: Hint.same("the disk quota of the target is exhausted"),
+    errno.EROFS: Hint.same("the target is on a read-only filesystem"),
 }
 
 
@@ -92,7 +92,8 @@ def import_layer_from_tar(
         TarFormatError: the stream is truncated or corrupt, or contains a duplicate path.
         UnsafePathError: an entry's name or hardlink target leaves the root, or a
             whiteout name is malformed.
-        ApplyError: an entry could not be created; the message names it.
+        ApplyError: an entry could not be created; the message names it, and
+            `cli_message()` gives it with command-line options in the hint.
         DiffIdMismatchError: the stream's diff_id is not `expected_diff_id`.
         Cancelled: `cancel` was set.
     """
@@ -155,21 +156,27 @@ def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[
         except (UnsafePathError, TarFormatError) as error:
             raise type(error)(f"{context}: {error}") from error
         except ApplyError as error:
-            raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
+            raise ApplyError(
+                f"{context}: {error.reason}", tar.entry_name, tar.entry_offset, hint=error.hint
+            ) from error
         except OSError as error:
             raise ApplyError(
-                f"{context}: {_describe(error)}", tar.entry_name, tar.entry_offset
+                f"{context}: {error.strerror or error}",
+                tar.entry_name,
+                tar.entry_offset,
+                hint=_HINTS.get(error.errno or 0),
             ) from error
         except ValueError as error:
             raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
     check_cancelled()
-    applier.finish()
-
-
-def _describe(error: OSError) -> str:
-    reason = error.strerror or str(error)
-    hint = _HINTS.get(error.errno or 0)
-    return f"{reason}; {hint}" if hint else reason
+    try:
+        applier.finish()
+    except OSError as error:
+        raise ApplyError(
+            f"setting directory times and modes after the last entry failed: "
+            f"{error.strerror or error}",
+            hint=_HINTS.get(error.errno or 0),
+        ) from error
 
 
 def _in_initial_user_namespace() -> bool:

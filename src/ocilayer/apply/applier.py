@@ -42,7 +42,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ocilayer.apply.errors import ApplyError
+from ocilayer.apply.errors import NEEDS_MKNOD, ApplyError
 from ocilayer.apply.metadata import MetadataWriter, entry_times
 from ocilayer.apply.paths import (
     PATH_MAX,
@@ -321,8 +321,8 @@ class Applier:
                 return False
             raise ApplyError(
                 f"cannot create device node {entry.path!r} ({entry.devmajor}:"
-                f"{entry.devminor}): creating device nodes needs CAP_MKNOD; apply as root, "
-                "or skip device nodes with a warning (skip_devices=True, --skip-devices)"
+                f"{entry.devminor}): creating device nodes needs CAP_MKNOD",
+                hint=NEEDS_MKNOD,
             ) from None
         return True
 

@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ocilayer.errors import OcilayerError
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """What to do next about an error: `library` names parameters, `cli` names options."""
+
+    library: str
+    cli: str
+
+    @classmethod
+    def same(cls, text: str) -> Hint:
+        """Return a hint that names no option, so it reads the same for both."""
+        return cls(text, text)
+
+
+NEEDS_PRIVILEGES = Hint(
+    "apply as root, or pass rootless=True to apply no file owners and skip the xattrs "
+    "that need privileges",
+    "apply as root, or use --rootless to apply no file owners and skip the xattrs that "
+    "need privileges",
+)
+NEEDS_MKNOD = Hint(
+    "apply as root, or pass skip_devices=True to skip device nodes with a warning",
+    "apply as root, or use --skip-devices to skip device nodes with a warning",
+)
+UNMAPPED_ID = Hint(
+    "map it, or pass rootless=True to apply no file owners",
+    "map it, or use --rootless to apply no file owners",
+)
 
 
 class ApplyError(OcilayerError):
@@ -10,12 +41,27 @@ class ApplyError(OcilayerError):
 
     `entry` is the entry's name in the tar stream and `offset` the stream offset of
     its header, so that the message and the attributes both point at the entry.
+    `reason` is the message without `hint`, which str() appends in its library
+    wording and `cli_message()` in its command-line wording.
     """
 
-    def __init__(self, message: str, entry: bytes = b"", offset: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        entry: bytes = b"",
+        offset: int | None = None,
+        *,
+        hint: Hint | None = None,
+    ) -> None:
+        super().__init__(message if hint is None else f"{message}; {hint.library}")
+        self.reason = message
         self.entry = entry
         self.offset = offset
+        self.hint = hint
+
+    def cli_message(self) -> str:
+        """Return the message with the hint worded for the `ocilayer` command."""
+        return self.reason if self.hint is None else f"{self.reason}; {self.hint.cli}"
 
 
 class DiffIdMismatchError(OcilayerError):

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
+from ocilayer.apply.errors import UNMAPPED_ID, ApplyError
 from ocilayer.entry import Entry, FileType
 from ocilayer.xattrs import is_host_specific
 
@@ -189,9 +190,10 @@ def _chown(entry: Entry, chown: Callable[[int, int], None]) -> None:
     except OSError as error:
         if error.errno != errno.EINVAL:
             raise
-        raise ValueError(
+        raise ApplyError(
             f"cannot give {entry.path!r} the owner {uid}:{gid}: the id is not mapped in this "
-            "user namespace; map it, or apply with rootless=True (--rootless)"
+            "user namespace",
+            hint=UNMAPPED_ID,
         ) from None
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ocilayer.apply import import_layer_from_tar
+from ocilayer.apply import ApplyError, import_layer_from_tar
 from ocilayer.errors import Cancelled, LayerError
 
 STDIN = "-"
@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except ApplyError as error:
+        # The library's hint names parameters (rootless=True); name the options instead.
+        raise ApplyError(error.cli_message(), error.entry, error.offset) from error
     if args.json:
         report = {
             "diffID": result.diff_id,
