@@ -947,6 +947,32 @@ def test_rootless_directory_without_search_permission(nobody_target: Path) -> No
     assert os.lstat(nobody_target / "d/sub").st_mtime_ns == T1 + 1
 
 
+def test_rootless_second_layer_into_read_only_directories(nobody_target: Path) -> None:
+    """Layer 1 leaves 0555 and 0500 directories that layer 2 must still write into."""
+    first = run_as_nobody(ROOTLESS_LAYER, nobody_target, rootless=True)
+    assert first.returncode == 0, first.stderr
+    second = tar(file("ro/new", "n"), file("ro/sub/g", "z", 0o400), whiteout("ro/.wh.f"))
+    result = run_as_nobody(second, nobody_target, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert listing(nobody_target) == {
+        "ro": "d 555",
+        "ro/new": "f 644 'n'",
+        "ro/sub": "d 500",
+        "ro/sub/g": "f 400 'z'",
+    }
+    third = tar(directory("ro/", 0o750), file("ro/sub/h", "h"))
+    result = run_as_nobody(third, nobody_target, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert listing(nobody_target) == {
+        "ro": "d 750",
+        "ro/new": "f 644 'n'",
+        "ro/sub": "d 500",
+        "ro/sub/g": "f 400 'z'",
+        "ro/sub/h": "f 644 'h'",
+    }
+
+
 def test_rootless_whiteout_removes_read_only_tree(nobody_target: Path) -> None:
     first = run_as_nobody(ROOTLESS_LAYER, nobody_target, rootless=True)
     assert first.returncode == 0, first.stderr

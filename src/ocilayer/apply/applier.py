@@ -117,6 +117,10 @@ class Applier:
         self.created_directories: list[tuple[bytes, int]] = []
         # (real path, atime, mtime, mode) of every directory whose times to set at the end.
         self.directory_times: list[tuple[bytes, int, int, int]] = []
+        # Rootless: the modes of existing directories that were given owner rwx to
+        # work in them, restored at the end unless the layer sets its own.
+        self.restore_modes: dict[bytes, int] = {}
+        self._euid = os.geteuid()
         self.bytes_written = 0
         self._check_cancelled = check_cancelled
 
@@ -150,6 +154,19 @@ class Applier:
         else:
             runs.append((path, len(path)))
         self.initialise_directory(dir_fd, path, name, existing)
+
+    def enter_directory(self, dir_fd: int, path: bytes, name: bytes, st: os.stat_result) -> None:
+        """Give the owner rwx on a directory before a rootless apply works in it.
+
+        An unprivileged user cannot create files in a 0555 directory that an earlier
+        layer left, even their own, so the mode is widened here and restored by
+        `finish`. Directories of other users are left for the kernel to refuse.
+        """
+        mode = stat.S_IMODE(st.st_mode)
+        if not self.options.rootless or mode & 0o700 == 0o700 or st.st_uid != self._euid:
+            return
+        os.chmod(name, mode | 0o700, dir_fd=dir_fd, follow_symlinks=False)
+        self.restore_modes.setdefault(path, mode)
 
     def initialise_directory(
         self, dir_fd: int, path: bytes, name: bytes, replaced: os.stat_result | None
@@ -413,19 +430,21 @@ class Applier:
     # The end of the layer
 
     def finish(self) -> None:
-        """Set directory times (and, rootless, the final modes) after the last entry.
+        """Set directory times and, rootless, the final modes after the last entry.
 
         Directories are visited children first, so a final mode without search
         permission never blocks the way to a directory below it. The walk keeps the
         current chain of directories open, so a deep tree takes time linear in its size.
         """
-        latest: dict[bytes, tuple[int, int, int]] = {}
+        # Path -> ((atime, mtime) or None to keep the times, mode); a later entry wins.
+        final: dict[bytes, tuple[tuple[int, int] | None, int]] = {
+            path: (None, mode) for path, mode in self.restore_modes.items()
+        }
         for path, atime, mtime, mode in self.directory_times:
-            # A later entry for the same directory wins.
-            latest[path] = (atime, mtime, mode)
+            final[path] = ((atime, mtime), mode)
         # With `/` as NUL, a directory sorts right before its descendants, so in
         # reverse order every descendant comes before its ancestors.
-        ordered = sorted(latest, key=lambda path: path.replace(b"/", b"\x00"), reverse=True)
+        ordered = sorted(final, key=lambda path: path.replace(b"/", b"\x00"), reverse=True)
         chain = DirectoryChain(self.root_fd)
         try:
             for path in ordered:
@@ -436,10 +455,11 @@ class Applier:
                 existing = lstat_at(parent_fd, name)
                 if existing is None or not stat.S_ISDIR(existing.st_mode):
                     continue
-                atime, mtime, mode = latest[path]
+                times, mode = final[path]
                 if self.options.rootless:
                     os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)
-                os.utime(name, ns=(atime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+                if times is not None:
+                    os.utime(name, ns=times, dir_fd=parent_fd, follow_symlinks=False)
         finally:
             chain.close()
         self.metadata.log_summary()

@@ -153,6 +153,9 @@ class Tree(Protocol):
     ) -> None:
         """Create the missing directory `name`, replacing the non-directory `existing`."""
 
+    def enter_directory(self, dir_fd: int, path: bytes, name: bytes, st: os.stat_result) -> None:
+        """Prepare the existing directory `name` (real path `path`) before the walk enters it."""
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -287,6 +290,7 @@ class Resolver:
                 existing = lstat_at(fd, component)
                 target: bytes | None = None
                 if existing is not None and stat.S_ISDIR(existing.st_mode):
+                    self._tree.enter_directory(fd, child, component, existing)
                     move_to(open_directory(fd, component), child)
                     continue
                 if whiteout and self._tree.is_layer_path(child):
