@@ -355,6 +355,38 @@ def test_tree_removal_never_follows_symlinks(tmp_path: Path) -> None:
     assert listing(outside) == {"sub": "d 755", "sub/file": "f 644 'o'"}
 
 
+@pytest.mark.parametrize("call", ["open", "symlink", "link", "mknod"])
+def test_interrupt_after_temp_file_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A KeyboardInterrupt right after the temporary file exists, before any cleanup code."""
+    root = tmp_path / "root"
+    apply(tar(file("target", "t")), root)
+    layers = {
+        "open": tar(file("f", "x")),
+        "symlink": tar(symlink("l", "target")),
+        "link": tar(hardlink("h", "target")),
+        "mknod": tar(fifo("p")),
+    }
+    real_call = getattr(os, call)
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        result = real_call(*args, **kwargs)
+        created = args[1] if call in ("symlink", "link") else args[0]
+        if isinstance(created, bytes) and created.startswith(b".wh..ocilayer-"):
+            if isinstance(result, int):
+                os.close(result)
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(os, call, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        apply(layers[call], root)
+    monkeypatch.undo()
+    assert temp_files(root) == []
+    assert listing(root) == {"target": "f 644 't'"}
+
+
 # Long paths and deep trees
 
 

@@ -121,6 +121,9 @@ class Applier:
         # work in them, restored at the end unless the layer sets its own.
         self.restore_modes: dict[bytes, int] = {}
         self._euid = os.geteuid()
+        # (directory descriptor, name) of the temporary file of the current entry, set
+        # before the file is created and cleared once it is renamed into place.
+        self._pending_temp: tuple[int, bytes] | None = None
         self.bytes_written = 0
         self._check_cancelled = check_cancelled
 
@@ -188,8 +191,27 @@ class Applier:
             else:
                 self.add(entry)
         finally:
+            # Whatever stopped the entry (an error, Cancelled, KeyboardInterrupt), its
+            # temporary file goes before the resolver closes the directory it is in.
+            self._remove_pending_temp()
             self._record_created_directories()
             self.resolver.end_entry()
+
+    def new_temp_name(self, dir_fd: int) -> bytes:
+        """Return a fresh temporary name in `dir_fd`, removed if the entry fails."""
+        temp = TEMP_PREFIX + secrets.token_hex(8).encode()
+        self._pending_temp = (dir_fd, temp)
+        return temp
+
+    def rename_temp(self, temp: bytes, dir_fd: int, name: bytes) -> None:
+        """Rename the temporary file `temp` over `name`, both in `dir_fd`."""
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._pending_temp = None
+
+    def _remove_pending_temp(self) -> None:
+        pending, self._pending_temp = self._pending_temp, None
+        if pending is not None:
+            _unlink_quietly(*pending)
 
     def _record_created_directories(self) -> None:
         """Record the directories created for the current entry as the layer's own.
@@ -266,26 +288,21 @@ class Applier:
         self, entry: Entry, location: Location, existing: os.stat_result | None
     ) -> bool:
         """Create a non-directory entry; return False when it was skipped."""
-        temp = TEMP_PREFIX + secrets.token_hex(8).encode()
+        if entry.type is FileType.HARDLINK:
+            return self._add_hardlink(entry, location, existing)
+        if entry.type not in (FileType.REGULAR, FileType.SYMLINK, *_DEVICE_TYPES):
+            raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
         dir_fd = location.dir_fd
+        temp = self.new_temp_name(dir_fd)
         if entry.type is FileType.REGULAR:
             self._write_regular(entry, dir_fd, temp)
-        elif entry.type is FileType.HARDLINK:
-            return self._add_hardlink(entry, location, existing, temp)
         elif entry.type is FileType.SYMLINK:
             os.symlink(entry.linkname, temp, dir_fd=dir_fd)
-        elif entry.type in _DEVICE_TYPES:
-            if not self._make_node(entry, dir_fd, temp):
-                return False
-        else:
-            raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
-        try:
-            if entry.type is not FileType.REGULAR:
-                self.metadata.apply_at(dir_fd, temp, entry)
-            self.replace(location, temp, existing)
-        except BaseException:
-            _unlink_quietly(dir_fd, temp)
-            raise
+        elif not self._make_node(entry, dir_fd, temp):
+            return False
+        if entry.type is not FileType.REGULAR:
+            self.metadata.apply_at(dir_fd, temp, entry)
+        self.replace(location, temp, existing)
         return True
 
     def _write_regular(self, entry: Entry, dir_fd: int, temp: bytes) -> None:
@@ -309,11 +326,8 @@ class Applier:
                 # would cost ext4 a journal transaction per file.)
                 os.ftruncate(fd, entry.size)
             self.metadata.apply_to_fd(fd, entry)
-        except BaseException:
+        finally:
             os.close(fd)
-            _unlink_quietly(dir_fd, temp)
-            raise
-        os.close(fd)
 
     def _make_node(self, entry: Entry, dir_fd: int, temp: bytes) -> bool:
         """Create a device node or FIFO; return False when a device is skipped."""
@@ -344,7 +358,7 @@ class Applier:
         return True
 
     def _add_hardlink(
-        self, entry: Entry, location: Location, existing: os.stat_result | None, temp: bytes
+        self, entry: Entry, location: Location, existing: os.stat_result | None
     ) -> bool:
         found = self.find_link_target(entry)
         if found is None:
@@ -363,13 +377,10 @@ class Applier:
             target_stat.st_ino,
         ):
             return True
+        temp = self.new_temp_name(location.dir_fd)
         os.link(target.name, temp, src_dir_fd=target.dir_fd, dst_dir_fd=location.dir_fd,
                 follow_symlinks=False)  # fmt: skip
-        try:
-            self.replace(location, temp, existing)
-        except BaseException:
-            _unlink_quietly(location.dir_fd, temp)
-            raise
+        self.replace(location, temp, existing)
         return True
 
     def find_link_target(self, entry: Entry) -> tuple[Location, os.stat_result] | None:
@@ -388,7 +399,7 @@ class Applier:
             self.remove(location.dir_fd, location.name, existing)
         elif existing is not None and stat.S_ISLNK(existing.st_mode):
             self.resolver.invalidate()
-        os.rename(temp, location.name, src_dir_fd=location.dir_fd, dst_dir_fd=location.dir_fd)
+        self.rename_temp(temp, location.dir_fd, location.name)
 
     def remove(self, dir_fd: int, name: bytes, existing: os.stat_result) -> None:
         """Remove `name` from `dir_fd`, a whole tree if it is a directory."""

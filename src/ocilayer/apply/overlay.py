@@ -275,7 +275,9 @@ class OverlayApplier(Applier):
         return True
 
     def _copy_file(self, found: LowerFile, location: Location) -> None:
-        st, dir_fd, name = found.stat, location.dir_fd, location.name
+        """Copy a lower file under a temporary name, then rename it into place."""
+        st, dir_fd = found.stat, location.dir_fd
+        name = self.new_temp_name(dir_fd)
         if stat.S_ISREG(st.st_mode):
             source = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -301,3 +303,4 @@ class OverlayApplier(Applier):
             os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd, follow_symlinks=False)
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd,
                  follow_symlinks=False)  # fmt: skip
+        self.rename_temp(name, dir_fd, location.name)
