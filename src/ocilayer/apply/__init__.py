@@ -81,7 +81,9 @@ def import_layer_from_tar(
         target: "rootfs" for a directory holding the merged lower layers, "overlay"
             for an overlayfs upper directory.
         rootless: apply no ownership, skip xattrs that need privileges, and (overlay)
-            write whiteouts and opaque markers in the `user.` xattr namespace.
+            write whiteouts and opaque markers in the `user.` xattr namespace. Own
+            directories without owner rwx get it while the layer is applied, and
+            their modes are restored at the end.
         skip_devices: skip device nodes that cannot be created without CAP_MKNOD,
             with a warning, instead of failing.
         cancel: checked before each entry and while file data is written; when set,
