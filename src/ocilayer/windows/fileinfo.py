@@ -60,8 +60,9 @@ def parse_pax_time(text: bytes) -> int:
     The fraction keeps at most nine digits. Raises ValueError for a malformed value.
     """
     seconds_text, _, fraction = text.partition(b".")
-    if _SECONDS.fullmatch(seconds_text) is None:
-        raise ValueError(f"invalid PAX time {text!r}")
+    # A signed 64-bit count of seconds has at most 19 digits; more cannot be a time.
+    if _SECONDS.fullmatch(seconds_text) is None or len(seconds_text.lstrip(b"-0")) > 19:
+        raise ValueError(f"invalid PAX time {_short(text)!r}")
     seconds = int(seconds_text)
     if wrap_int64(seconds) != seconds:
         raise ValueError(f"PAX time {text!r} is out of range")
@@ -73,6 +74,10 @@ def parse_pax_time(text: bytes) -> int:
     if seconds_text.startswith(b"-"):
         nanos = -nanos
     return seconds * 1_000_000_000 + nanos
+
+
+def _short(value: bytes) -> bytes:
+    return value if len(value) <= 40 else value[:40] + b"..."
 
 
 @dataclass(frozen=True, slots=True)

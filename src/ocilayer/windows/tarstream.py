@@ -9,6 +9,7 @@ PAX records as raw bytes and the times in nanoseconds.
 
 from __future__ import annotations
 
+import struct
 import tarfile
 from typing import IO, BinaryIO
 
@@ -135,6 +136,19 @@ def header_from_member(member: tarfile.TarInfo) -> TarHeader:
     )
 
 
+# tarfile raises ValueError for numbers past Python's digit limit, struct.error for
+# oversized base-256 fields, and OverflowError for times past the platform's range.
+# NOTE: tarfile ignores a PAX size or uid it cannot parse instead of raising; the
+# Linux reader (ocilayer.tarformat.reader) rejects those.
+_READ_ERRORS = (tarfile.TarError, ValueError, OverflowError, struct.error)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ValueError | OverflowError | struct.error):
+        return "a header number is malformed or does not fit 64 bits"
+    return str(error)
+
+
 class TarInput:
     """Read a tar stream entry by entry: `next()` for the header, `read()` for its data."""
 
@@ -144,8 +158,8 @@ class TarInput:
             self._archive = tarfile.open(  # noqa: SIM115
                 fileobj=raw, mode="r|", encoding="utf-8", errors="surrogateescape"
             )
-        except tarfile.TarError as error:
-            raise TarFormatError(f"invalid tar stream: {error}") from error
+        except _READ_ERRORS as error:
+            raise TarFormatError(f"invalid tar stream: {_describe(error)}") from error
         self._data: IO[bytes] | None = None
         self._name = b""
         self._remaining = 0
@@ -156,8 +170,9 @@ class TarInput:
             pass
         try:
             member = self._archive.next()
-        except tarfile.TarError as error:
-            raise TarFormatError(f"invalid tar stream after {self._name!r}: {error}") from error
+        except _READ_ERRORS as error:
+            message = f"invalid tar stream after {self._name!r}: {_describe(error)}"
+            raise TarFormatError(message) from error
         if member is None:
             self._data = None
             return None

@@ -1,0 +1,48 @@
+"""Malformed numbers in a tar applied to a Windows transport folder: errors, never tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocilayer.tarformat.encoder import BLOCK_SIZE, TarHeader, encode_header, format_pax_record
+
+
+def pax_entry(record: bytes) -> bytes:
+    """A PAX header holding `record`, then an empty file entry, then the end blocks."""
+    header = bytearray(encode_header(TarHeader(b"Files/f", pax_records={b"comment": b"x"})))
+    # Replace the PAX data block with the given record.
+    data = record + bytes(-len(record) % BLOCK_SIZE)
+    pax = bytearray(header[:BLOCK_SIZE])
+    pax[124:136] = b"%011o\x00" % len(record)
+    pax[148:156] = b"        "
+    pax[148:156] = b"%06o\x00 " % sum(pax)
+    return bytes(pax) + data + bytes(header[-BLOCK_SIZE:]) + bytes(2 * BLOCK_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (b"9" * 5000 + b" path=x\n", b"a header number is malformed or does not fit 64 bits"),
+        (format_pax_record(b"mtime", b"1" * 5000), b"invalid PAX time"),
+        (format_pax_record(b"size", b"1" * 5000), b"ocilayer: error: "),
+    ],
+    ids=["record-length", "mtime", "size"],
+)
+def test_huge_numbers_fail_cleanly(tmp_path: Path, record: bytes, message: bytes) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(pax_entry(record))
+    result = subprocess.run(
+        [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
+         str(tmp_path / "out")],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"ocilayer: error: ")
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert b"digits" not in result.stderr
