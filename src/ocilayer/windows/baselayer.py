@@ -26,8 +26,14 @@ from ocilayer.windows.hostfiles import (
 )
 from ocilayer.windows.layeritem import LayerItem
 from ocilayer.windows.saferoot import LayerRoot, clean_layer_name, clean_link_target
-from ocilayer.windows.transport import FILES, RECYCLE_BIN, UTILITY_VM, UTILITY_VM_FILES
-from ocilayer.windows.transport_writer import PendingEntry, new_spool
+from ocilayer.windows.transport import (
+    FILES,
+    RECYCLE_BIN,
+    UTILITY_VM,
+    UTILITY_VM_FILES,
+    sorted_names,
+)
+from ocilayer.windows.transport_writer import PendingEntry, PendingWriter, new_spool
 
 # Utility VM boot files that hcsshim also copies, without security, to these layer files.
 BCD_BACKUPS = {
@@ -36,14 +42,6 @@ BCD_BACKUPS = {
     "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG1": "bcd.log1.bak",
     "UtilityVM/Files/EFI/Microsoft/Boot/BCD.LOG2": "bcd.log2.bak",
 }
-
-
-def _sorted_names(directory: str) -> list[str]:
-    try:
-        names = os.listdir(directory)
-    except OSError as error:
-        raise LayerError(f"cannot list {directory!r}: {error.strerror}") from error
-    return sorted(names, key=os.fsencode)
 
 
 class BaseLayerReader:
@@ -77,7 +75,7 @@ class BaseLayerReader:
             return
         yield self._item(name, full)
         if is_dir:
-            for child in _sorted_names(full):
+            for child in sorted_names(full):
                 yield from self._walk(f"{name}\\{child}", wanted)
 
     def _item(self, name: str, full: str) -> LayerItem:
@@ -93,7 +91,7 @@ class BaseLayerReader:
         )
 
 
-class BaseLayerWriter:
+class BaseLayerWriter(PendingWriter):
     """Write entries as the real files of a new base layer folder at `root`.
 
     Any relative name is accepted (hcsshim's baseLayerWriter accepts any), a parent
@@ -179,15 +177,3 @@ class BaseLayerWriter:
             self._finish()
         finally:
             self._root.close()
-
-    def abort(self) -> None:
-        """Stop after a failure, leaving what was written so far."""
-        if self._pending is not None:
-            self._pending.stream.close()
-            self._pending = None
-        self._root.close()
-
-    def _finish(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.finish()

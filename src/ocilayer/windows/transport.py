@@ -100,7 +100,8 @@ def format_tombstones(deleted: list[str]) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-def _sorted_names(directory: str) -> list[str]:
+def sorted_names(directory: str) -> list[str]:
+    """List a directory's names sorted as bytes, the order hcsshim walks in."""
     try:
         names = os.listdir(directory)
     except OSError as error:
@@ -129,7 +130,7 @@ class TransportReader:
                 f"{tombstones_path!r} is missing; a transport folder always has one "
                 "(is this a base layer folder?)"
             ) from None
-        for name in _sorted_names(self.root):
+        for name in sorted_names(self.root):
             yield from self._walk(name, tombstones)
 
     def _walk(self, name: str, tombstones: dict[str, list[str]]) -> Iterator[LayerItem]:
@@ -143,7 +144,7 @@ class TransportReader:
             for deleted in tombstones.get(name, []) if is_dir else []:
                 yield LayerItem(deleted)
         if is_dir:
-            for child in _sorted_names(full):
+            for child in sorted_names(full):
                 yield from self._walk(f"{name}\\{child}", tombstones)
 
     def _item(self, name: str, is_dir: bool) -> LayerItem:

@@ -67,7 +67,26 @@ class PendingEntry:
     finish: Callable[[], None]
 
 
-class TransportWriter:
+class PendingWriter:
+    """The part of a layer writer that keeps the entry being written and its root."""
+
+    _pending: PendingEntry | None
+    _root: LayerRoot
+
+    def abort(self) -> None:
+        """Stop after a failure, leaving what was written so far."""
+        if self._pending is not None:
+            self._pending.stream.close()
+            self._pending = None
+        self._root.close()
+
+    def _finish(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.finish()
+
+
+class TransportWriter(PendingWriter):
     """Write entries into a new transport folder at `root` (which must exist and be empty)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -146,18 +165,6 @@ class TransportWriter:
                 handle.write(format_tombstones(self._tombstones))
         finally:
             self._root.close()
-
-    def abort(self) -> None:
-        """Stop after a failure, leaving what was written so far."""
-        if self._pending is not None:
-            self._pending.stream.close()
-            self._pending = None
-        self._root.close()
-
-    def _finish(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.finish()
 
     def _check_new(self, name: str) -> str:
         name = clean_layer_name(name)
