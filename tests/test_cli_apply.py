@@ -233,3 +233,33 @@ def test_interrupt_exits_130_and_keeps_whole_files(tmp_path: Path) -> None:
     assert stderr.decode() == f"ocilayer: interrupted; {root} is partly applied, so discard it\n"
     assert listing(root) == {"big": "f 644 'old'"}
     assert os.listdir(root) == ["big"]
+
+
+def test_apply_progress_on_terminal(tmp_path: Path) -> None:
+    import pty
+
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocilayer", "apply", str(layer), str(tmp_path / "root")],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=60) == 0
+    # The terminal turns each "\n" into "\r\n"; the last redraw follows the last "\r".
+    final = shown.replace(b"\r\n", b"\n").split(b"\r")[-1].strip()
+    assert final.startswith(b"apply: 2 entries, 2.5 KiB, ")
+    assert final.endswith(b"/s, 00:00")

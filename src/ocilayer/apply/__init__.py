@@ -31,6 +31,7 @@ from ocilayer.apply.rootfs import RootfsApplier
 from ocilayer.compression import Compression, open_decompressor
 from ocilayer.digest import HashingReader
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
+from ocilayer.progress import Progress
 from ocilayer.tarformat.reader import TarReader, shorten
 
 __all__ = [
@@ -70,6 +71,7 @@ def import_layer_from_tar(
     skip_devices: bool = False,
     cancel: threading.Event | None = None,
     expected_diff_id: str | None = None,
+    progress: Progress | None = None,
 ) -> AppliedLayer:
     """Apply the layer tar stream `reader` (plain, gzip or zstd) to the directory `path`.
 
@@ -89,6 +91,8 @@ def import_layer_from_tar(
         cancel: checked before each entry and while file data is written; when set,
             the apply stops and raises Cancelled.
         expected_diff_id: when given, the diff_id (`sha256:<hex>`) the stream must have.
+        progress: when given, updated before each entry with the entries applied
+            and the tar bytes read so far.
 
     Raises:
         TarFormatError: the stream is truncated or corrupt, or contains a duplicate path.
@@ -134,8 +138,14 @@ def import_layer_from_tar(
             applier = RootfsApplier(root_fd, options, check_cancelled)
         stream, compression = open_decompressor(reader)
         hashing = HashingReader(stream)
-        _apply_entries(TarReader(hashing), applier, check_cancelled)
+        tar = TarReader(hashing)
+        if progress is not None:
+            _apply_entries(tar, applier, _reporting(check_cancelled, progress, hashing))
+        else:
+            _apply_entries(tar, applier, check_cancelled)
         hashing.drain()
+        if progress is not None:
+            progress.update(progress.entries, hashing.size)
         written = applier.bytes_written
     finally:
         if applier is not None:
@@ -147,6 +157,21 @@ def import_layer_from_tar(
     if expected_diff_id is not None and hashing.digest != expected_diff_id:
         raise DiffIdMismatchError(expected_diff_id, hashing.digest)
     return AppliedLayer(written, hashing.digest, compression)
+
+
+def _reporting(
+    check_cancelled: Callable[[], None], progress: Progress, hashing: HashingReader
+) -> Callable[[], None]:
+    """Wrap the per-entry cancellation check so that it also updates `progress`."""
+    entries = 0
+
+    def check() -> None:
+        nonlocal entries
+        check_cancelled()
+        progress.update(entries, hashing.size)
+        entries += 1
+
+    return check
 
 
 def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO
 
 from ocilayer.apply import ApplyError, import_layer_from_tar
 from ocilayer.errors import Cancelled, LayerError
+from ocilayer.progress import Progress
 
 STDIN = "-"
 
@@ -67,6 +68,12 @@ def add_parser(subparsers: Any) -> None:
         help="fail unless the uncompressed tar stream has this digest (sha256:<hex>)",
     )
     parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="show no progress line (it is shown only when stderr is a terminal)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print the diffID, the compression and the file bytes written as JSON on stdout",
@@ -104,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kind == "windows":
         return _run_windows(args)
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = Progress("apply")
     try:
         with _open_layer(args.layer) as layer:
             result = import_layer_from_tar(
@@ -114,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
                 rootless=args.rootless,
                 skip_devices=args.skip_devices,
                 expected_diff_id=args.diff_id,
+                progress=progress,
             )
+        if progress is not None:
+            progress.finish()
     except (KeyboardInterrupt, Cancelled):
         print(
             f"ocilayer: interrupted; {args.target} is partly applied, so discard it",
