@@ -11,7 +11,7 @@ Each change becomes one tar entry:
 
 Before any entry, each parent directory not yet written is written, top-down, with
 its current metadata. Within a hardlink group the first name written carries the
-data and every later name is a hardlink entry to it; unchanged names of a group
+data and every later name is a hardlink entry to it. Unchanged names of a group
 whose file changed are written too, right after the name that carries the data.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import LayerError, OcilayerError, OutputError
+from ocilayer.errors import LayerError, OutputError
 from ocilayer.sources.snapshot import open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ocilayer.tarformat.encoder import (
@@ -388,4 +388,4 @@ def socket_warning(paths: list[bytes]) -> str:
     return f"skipped {len(paths)} socket(s), which a tar cannot hold: {shown}{more}"
 
 
-__all__ = ["LayerTarWriter", "OcilayerError", "RecipeOptions", "socket_warning"]
+__all__ = ["LayerTarWriter", "RecipeOptions", "socket_warning"]

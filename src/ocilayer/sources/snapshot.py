@@ -7,7 +7,7 @@ uses, so the same trees give the same changes in the same order:
 - a path only in the lower view is a DELETE, and paths below a deleted directory are
   dropped (one whiteout deletes the subtree);
 - a path only in the tree is an ADD;
-- a path in both is a MODIFY unless `same_file` says it is unchanged. An unchanged
+- a path in both is a MODIFY unless `same_file` finds it unchanged. An unchanged
   non-directory with more than one link is still reported, as UNMODIFIED, because
   the tar writer needs every name of a hardlink group.
 """
@@ -129,7 +129,7 @@ def open_regular(path: bytes) -> int:
     """Open a file that the walk saw as a regular file, failing if it no longer is one.
 
     O_NONBLOCK keeps a FIFO swapped in after the walk from blocking the open, and
-    O_NOFOLLOW a symlink from leading elsewhere; the type is checked after opening.
+    O_NOFOLLOW keeps a symlink from leading elsewhere. The type is checked after opening.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
