@@ -18,6 +18,7 @@ import pytest
 
 from layer_helpers import read_tar, write
 from ocilayer import Cancelled, __version__, export_layer_to_tar
+from terminal import last_line, run_on_terminal
 
 OCILAYER = [sys.executable, "-m", "ocilayer"]
 
@@ -274,40 +275,19 @@ def test_public_api_names_resolve() -> None:
         _ = ocilayer.nothing
 
 
-def _run_on_terminal(*args: str) -> tuple[int, bytes]:
-    """Run the CLI with stderr on a pseudo-terminal; return its status and what it showed."""
-    import pty
-
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [*OCILAYER, *args], stdout=subprocess.DEVNULL, stderr=terminal, stdin=subprocess.DEVNULL
-    )
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    return process.wait(timeout=60), shown
-
-
 def test_progress_line_on_terminal(tree: Path, tmp_path: Path) -> None:
-    status, shown = _run_on_terminal("export", str(tree), "-o", str(tmp_path / "layer.tar"))
+    status, shown = run_on_terminal(
+        [*OCILAYER, "export", str(tree), "-o", str(tmp_path / "layer.tar")]
+    )
     assert status == 0
-    # The terminal turns each "\n" into "\r\n"; the last redraw follows the last "\r".
-    final = shown.replace(b"\r\n", b"\n").split(b"\r")[-1].strip()
+    final = last_line(shown)
     assert final.startswith(b"export: 2 entries, 2.5 KiB, ")
     assert final.endswith(b"/s, 00:00")
 
 
 def test_quiet_hides_progress(tree: Path, tmp_path: Path) -> None:
-    status, shown = _run_on_terminal(
-        "export", str(tree), "-o", str(tmp_path / "layer.tar"), "--quiet"
+    status, shown = run_on_terminal(
+        [*OCILAYER, "export", str(tree), "-o", str(tmp_path / "layer.tar"), "--quiet"]
     )
     assert status == 0
     assert shown == b""

@@ -28,6 +28,7 @@ from apply_helpers import (
     tar,
     whiteout,
 )
+from terminal import last_line, run_on_terminal
 
 OCILAYER = [sys.executable, "-m", "ocilayer"]
 LAYER = tar(directory("etc/"), file("etc/hosts", "127.0.0.1 localhost\n"))
@@ -236,30 +237,10 @@ def test_interrupt_exits_130_and_keeps_whole_files(tmp_path: Path) -> None:
 
 
 def test_apply_progress_on_terminal(tmp_path: Path) -> None:
-    import pty
-
     layer = tmp_path / "layer.tar"
     layer.write_bytes(LAYER)
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ocilayer", "apply", str(layer), str(tmp_path / "root")],
-        stdout=subprocess.DEVNULL,
-        stderr=terminal,
-        stdin=subprocess.DEVNULL,
-    )
-    os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    assert process.wait(timeout=60) == 0
-    # The terminal turns each "\n" into "\r\n"; the last redraw follows the last "\r".
-    final = shown.replace(b"\r\n", b"\n").split(b"\r")[-1].strip()
+    status, shown = run_on_terminal([*OCILAYER, "apply", str(layer), str(tmp_path / "root")])
+    assert status == 0
+    final = last_line(shown)
     assert final.startswith(b"apply: 2 entries, 2.5 KiB, ")
     assert final.endswith(b"/s, 00:00")

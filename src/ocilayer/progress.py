@@ -35,6 +35,13 @@ class Progress:
         self.entries = 0
         self.bytes = 0
 
+    @classmethod
+    def on_terminal(cls, verb: str, *, quiet: bool = False) -> Progress | None:
+        """Return a display on stderr when stderr is a terminal and `quiet` is unset."""
+        if quiet or not sys.stderr.isatty():
+            return None
+        return cls(verb)
+
     def update(self, entries: int, size: int) -> None:
         """Record the totals so far; redraw when enough time has passed."""
         self.entries = entries

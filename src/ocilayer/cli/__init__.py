@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="log every step and show tracebacks on errors")  # fmt: skip
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="show no progress line (it is shown only when stderr is a terminal)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).add_parser(_WithParents(subparsers, common))

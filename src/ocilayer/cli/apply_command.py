@@ -68,12 +68,6 @@ def add_parser(subparsers: Any) -> None:
         help="fail unless the uncompressed tar stream has this digest (sha256:<hex>)",
     )
     parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="show no progress line (it is shown only when stderr is a terminal)",
-    )
-    parser.add_argument(
         "--json",
         action="store_true",
         help="print the diffID, the compression and the file bytes written as JSON on stdout",
@@ -111,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kind == "windows":
         return _run_windows(args)
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        progress = Progress("apply")
+    progress = Progress.on_terminal("apply", quiet=args.quiet)
     try:
         with _open_layer(args.layer) as layer:
             result = import_layer_from_tar(

@@ -127,12 +127,6 @@ def add_parser(subparsers: Any) -> None:
         help="export only this path of the layer and what is below it; repeatable",
     )
     parser.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="show no progress line (it is shown only when stderr is a terminal)",
-    )
-    parser.add_argument(
         "--json",
         action="store_true",
         help="print the OCI descriptor (mediaType, digest, size) and diffID as JSON on stdout",
@@ -240,9 +234,7 @@ def run(args: argparse.Namespace) -> int:
     epoch = _source_date_epoch(args)
     include = [os.fsencode(path) for path in args.include]
 
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        progress = Progress("export")
+    progress = Progress.on_terminal("export", quiet=args.quiet)
     with _open_output(args.output) as raw:
         descriptor = export_layer_to_tar(
             raw,
