@@ -20,7 +20,7 @@ from ocilayer.xattrs import is_host_specific
 
 @dataclass(frozen=True)
 class Item:
-    """One tar entry as a test sees it: raw name, type flag, metadata, PAX records, data."""
+    """One tar entry as the tests compare it: raw name, type flag, metadata, PAX records, data."""
 
     name: bytes
     type: bytes

@@ -27,7 +27,7 @@ def snapshot_pair(tmp_path: Path) -> tuple[Path, Path]:
     return lower, upper
 
 
-def test_new_names_of_old_hardlink_group_carry_whole_group(tmp_path: Path) -> None:
+def test_new_hardlink_rewrites_whole_group(tmp_path: Path) -> None:
     lower, upper = snapshot_pair(tmp_path)
     write(lower / "f1", b"data\n")
     os.link(lower / "f1", lower / "f2")

@@ -63,7 +63,7 @@ class Compression(enum.Enum):
 
     @classmethod
     def from_filename(cls, name: str) -> Compression:
-        """Choose the codec a file name asks for: `.tar.gz`/`.tgz` gzip, `.tar.zst` zstd."""
+        """Choose the codec from a file name: `.tar.gz`/`.tgz` gzip, `.tar.zst` zstd."""
         lowered = name.lower()
         if lowered.endswith((".tar.gz", ".tgz", ".gz")):
             return cls.GZIP
@@ -80,7 +80,7 @@ def _isal_level(level: int) -> int:
     """Map a zlib level (0-9) to the nearest ISA-L level (0-3).
 
     NOTE: ISA-L has four levels only. Level 2 compresses about as well as zlib level 6
-    and runs several times faster, so 3-6 map to it; the mapping is a judgement call.
+    and runs several times faster, so 3-6 map to it. The mapping is a judgement call.
     """
     if level <= 0:
         return 0
@@ -202,7 +202,7 @@ class _GzipMembers(io.RawIOBase):
             self._input = self._inflater.unconsumed_tail
             if self._inflater.eof:
                 # At the end of a member zlib reports the rest of the input as unused
-                # data; the unconsumed tail may hold a copy of the same bytes.
+                # data, and the unconsumed tail may repeat the same bytes.
                 self._input = self._inflater.unused_data
                 self._inflater = zlib.decompressobj(31)
                 self._in_member = False
@@ -302,8 +302,8 @@ class _ZstdFrames(io.RawIOBase):
             out = self._frame.decompress(piece)
         except self._zstd.ZstdError as error:
             raise CompressionError(_zstd_message(error)) from error
-        # Shrink at once after a high ratio, but grow at most twofold a step: a piece
-        # that yields little (a frame header, say) says nothing about the next one.
+        # Shrink at once after a high ratio, but grow at most twofold a step, because a
+        # piece that yields little (a frame header) predicts nothing about the next.
         ratio = max(len(out) / len(piece), 1.0)
         wanted = int(self._TARGET_OUTPUT / ratio)
         self._piece = max(64, min(self._MAX_PIECE, wanted, 2 * self._piece))

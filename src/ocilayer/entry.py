@@ -18,7 +18,7 @@ EMPTY_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 
 
 class ChangeKind(enum.IntEnum):
-    """How a path differs from the lower layers (the values of continuity's ChangeKind)."""
+    """The kind of difference from the lower layers (the values of continuity's ChangeKind)."""
 
     # Unchanged, but reported because it shares an inode with a changed file.
     UNMODIFIED = 0
@@ -82,8 +82,8 @@ class WindowsMetadata:
 class Entry(NamedTuple):
     """One path of a layer changeset with its metadata and a way to read its content.
 
-    `kind` says what changed. A DELETE entry names the deleted path and an OPAQUE
-    entry names the directory, and neither uses the metadata fields. `mode` holds
+    `kind` names the change. A DELETE entry names the deleted path and an OPAQUE
+    entry names the directory, and neither uses the metadata fields. `mode` contains
     the permission bits with setuid, setgid and sticky (07777), never type bits.
     `link_key` identifies the inode for hardlink grouping (device and inode on
     Linux, the file id on Windows); only non-directories with `nlink > 1` form

@@ -1,4 +1,4 @@
-"""Which extended attributes go into a layer, and reading them from disk."""
+"""The extended attributes a layer carries, and reading them from disk."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ CAPABILITY = b"security.capability"
 
 
 class XattrPolicy(enum.Enum):
-    """Which xattrs an export carries as `SCHILY.xattr.*` records.
+    """The choice of xattrs an export carries as `SCHILY.xattr.*` records.
 
     ALL carries every xattr except host-specific ones (see `is_host_specific`).
     CAPABILITY carries only `security.capability`, as containerd and moby do.

@@ -166,8 +166,8 @@ def _open_output(target: str) -> Iterator[BinaryIO]:
             yield raw
 
 
-# Suffixes of codecs that OCI layers do not use; writing a plain tar under such a
-# name would mislead whoever reads the file next.
+# Suffixes of codecs that OCI layers do not use. A plain tar under such a name
+# would mislead the next reader of the file.
 _UNSUPPORTED_SUFFIXES = (".bz2", ".tbz2", ".xz", ".txz", ".lz4", ".lzma", ".lz", ".br")
 
 

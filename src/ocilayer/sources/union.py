@@ -51,7 +51,8 @@ def is_overlay_opaque(
 ) -> bool:
     """Whether a directory carries `overlay.opaque=y` in one of `namespaces`.
 
-    The value `x` only says the directory may hold xattr whiteouts; it is not opaque.
+    The value `x` only marks a directory that may contain xattr whiteouts, so it is
+    not opaque.
     """
     return any(get_xattr(full, ns + b"overlay.opaque") == b"y" for ns in namespaces)
 
@@ -107,7 +108,7 @@ class _Chosen:
         self.st = st
         self.full = full
         self.dirs = [full] if stat.S_ISDIR(st.st_mode) else []
-        # Set once a lower layer holds a non-directory here: layers below it are hidden.
+        # Set once a lower layer has a non-directory here, because it hides the layers below.
         self.sealed = not self.dirs
 
 

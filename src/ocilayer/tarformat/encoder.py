@@ -9,7 +9,7 @@ The rules below follow Go's writer (checked against Go 1.19 by the round-trip te
 - A name longer than 100 bytes is split at the last `/` that leaves a prefix of at
   most 155 bytes and a name of at most 100 bytes, before PAX is considered.
 - The PAX extended header is named `<dir>/PaxHeaders.0/<base>`, has zero mode, ids
-  and mtime, and holds its records sorted by key.
+  and mtime, and contains its records sorted by key.
 - devmajor and devminor are written as `0000000` for every entry, uname and gname are
   NUL-filled when empty, and the archive ends with exactly two zero blocks.
 """
@@ -40,7 +40,7 @@ _HEADER_ONLY_TYPES = frozenset([b"1", b"2", b"3", b"4", b"5", b"6"])
 
 @dataclass(slots=True)
 class TarHeader:
-    """The fields of one tar entry, as Go's `tar.Header` holds them.
+    """The fields of one tar entry, as Go's `tar.Header` has them.
 
     Times are Unix nanoseconds; `atime_ns` and `ctime_ns` are written only when set.
     `format_pax` mirrors `hdr.Format = tar.FormatPAX`: when False, Go rounds the mtime
