@@ -355,25 +355,36 @@ def test_tree_removal_never_follows_symlinks(tmp_path: Path) -> None:
     assert listing(outside) == {"sub": "d 755", "sub/file": "f 644 'o'"}
 
 
+@pytest.mark.parametrize("replacing", [False, True], ids=["new-name", "existing-name"])
 @pytest.mark.parametrize("call", ["open", "symlink", "link", "mknod"])
-def test_interrupt_after_temp_file_leaves_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+def test_interrupt_after_create_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, replacing: bool
 ) -> None:
-    """A KeyboardInterrupt right after the temporary file exists, before any cleanup code."""
+    """A KeyboardInterrupt right after the create returns, before any cleanup code.
+
+    A new name is created in place; an existing one is replaced through a temporary
+    file. Either way the interrupted entry leaves nothing behind, and an existing file
+    keeps its content.
+    """
     root = tmp_path / "root"
-    apply(tar(file("target", "t")), root)
+    before = tar(file("target", "t"), file("old", "o")) if replacing else tar(file("target", "t"))
+    apply(before, root)
+    expected = listing(root)
+    name = "old" if replacing else "new"
     layers = {
-        "open": tar(file("f", "x")),
-        "symlink": tar(symlink("l", "target")),
-        "link": tar(hardlink("h", "target")),
-        "mknod": tar(fifo("p")),
+        "open": tar(file(name, "x")),
+        "symlink": tar(symlink(name, "target")),
+        "link": tar(hardlink(name, "target")),
+        "mknod": tar(fifo(name)),
     }
     real_call = getattr(os, call)
 
     def interrupted(*args: object, **kwargs: object) -> object:
         result = real_call(*args, **kwargs)
         created = args[1] if call in ("symlink", "link") else args[0]
-        if isinstance(created, bytes) and created.startswith(b".wh..ocilayer-"):
+        if created == name.encode() or (
+            isinstance(created, bytes) and created.startswith(b".wh..ocilayer-")
+        ):
             if isinstance(result, int):
                 os.close(result)
             raise KeyboardInterrupt
@@ -384,7 +395,7 @@ def test_interrupt_after_temp_file_leaves_none(
         apply(layers[call], root)
     monkeypatch.undo()
     assert temp_files(root) == []
-    assert listing(root) == {"target": "f 644 't'"}
+    assert listing(root) == expected
 
 
 # Long paths and deep trees

@@ -6,10 +6,12 @@ import io
 import subprocess
 import tarfile
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apply_helpers import (
     MTIME_NS,
@@ -27,6 +29,7 @@ from apply_helpers import (
 )
 from ocilayer.entry import ChangeKind, Entry, FileType
 from ocilayer.errors import TarFormatError, UnsafePathError
+from ocilayer.tarformat import reader as reader_module
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
     TarHeader,
@@ -669,3 +672,52 @@ def test_gnu_tar_and_bsdtar_archives(tmp_path: Path) -> None:
                     link = clean_entry_path(link)
                 theirs.append((name, kind, member.mode, member.uid, member.size, link, content))
         assert ours == theirs, label
+
+
+# The header fast path
+
+
+def _parsed(parse: Callable[[bytes, int], object], block: bytes) -> object:
+    """What a header parser makes of `block`: its fields, or the error's type and text."""
+    try:
+        return parse(block, 0)
+    except TarFormatError as error:
+        return ("error", str(error))
+
+
+GO_HEADER = encode_header(
+    TarHeader(
+        name=b"dir/file", mode=0o644, uid=1000, gid=1000, size=5, mtime_ns=1_700_000_000 * 10**9
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, 499), st.sampled_from(b"\x00\x80\xff 01789-_+xu")),
+        max_size=6,
+    ),
+    checksum=st.sampled_from(["stale", "unsigned", "signed"]),
+)
+def test_fast_header_parse_agrees_with_the_checked_parser(
+    edits: list[tuple[int, int]], checksum: str
+) -> None:
+    """Byte edits anywhere in a Go header, with the checksum left stale or recomputed.
+
+    The fast path must return the same fields as the checked parser, or hand the block
+    to it: base-256 numbers, signed checksums and broken fields all take the slow path.
+    """
+    block = bytearray(GO_HEADER)
+    for position, value in edits:
+        block[position] = value
+    if checksum != "stale":
+        block[148:156] = b"        "
+        total = sum(block)
+        if checksum == "signed":
+            total -= 256 * sum(1 for byte in block if byte > 0x7F)
+        block[148:156] = b"%06o\x00 " % (total & 0o777777)
+    data = bytes(block)
+    assert _parsed(reader_module._parse_block, data) == _parsed(
+        reader_module._parse_block_checked, data
+    )

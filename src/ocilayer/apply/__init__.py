@@ -21,7 +21,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Literal, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple, NoReturn
 
 from ocilayer.apply.applier import Applier, ApplyOptions
 from ocilayer.apply.errors import NEEDS_PRIVILEGES, ApplyError, DiffIdMismatchError, Hint
@@ -177,24 +177,10 @@ def _reporting(
 def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[], None]) -> None:
     for entry in tar:
         check_cancelled()
-        context = f"entry {shorten(tar.entry_name)} (offset {tar.entry_offset})"
         try:
             applier.apply(entry)
-        except (UnsafePathError, TarFormatError) as error:
-            raise type(error)(f"{context}: {error}") from error
-        except ApplyError as error:
-            raise ApplyError(
-                f"{context}: {error.reason}", tar.entry_name, tar.entry_offset, hint=error.hint
-            ) from error
-        except OSError as error:
-            raise ApplyError(
-                f"{context}: {error.strerror or error}",
-                tar.entry_name,
-                tar.entry_offset,
-                hint=_HINTS.get(error.errno or 0),
-            ) from error
-        except ValueError as error:
-            raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
+        except (UnsafePathError, TarFormatError, ApplyError, OSError, ValueError) as error:
+            _raise_with_context(error, tar)
     check_cancelled()
     try:
         applier.finish()
@@ -204,6 +190,25 @@ def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[
             f"{error.strerror or error}",
             hint=_HINTS.get(error.errno or 0),
         ) from error
+
+
+def _raise_with_context(error: Exception, tar: TarReader) -> NoReturn:
+    """Raise `error` again with the failing entry's name and offset in front."""
+    context = f"entry {shorten(tar.entry_name)} (offset {tar.entry_offset})"
+    if isinstance(error, (UnsafePathError, TarFormatError)):
+        raise type(error)(f"{context}: {error}") from error
+    if isinstance(error, ApplyError):
+        raise ApplyError(
+            f"{context}: {error.reason}", tar.entry_name, tar.entry_offset, hint=error.hint
+        ) from error
+    if isinstance(error, OSError):
+        raise ApplyError(
+            f"{context}: {error.strerror or error}",
+            tar.entry_name,
+            tar.entry_offset,
+            hint=_HINTS.get(error.errno or 0),
+        ) from error
+    raise ApplyError(f"{context}: {error}", tar.entry_name, tar.entry_offset) from error
 
 
 def _in_initial_user_namespace() -> bool:

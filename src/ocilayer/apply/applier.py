@@ -242,12 +242,11 @@ class Applier:
         location = self.resolver.resolve_parent(entry.path, create=True)
         assert location is not None
         self._check_duplicate(entry, location.path)
-        existing = lstat_at(location.dir_fd, location.name)
         if entry.type is FileType.DIRECTORY:
-            self._add_directory(entry, location, existing)
+            self._add_directory(entry, location)
             origin = Origin.DIRECTORY
         else:
-            if not self._add_non_directory(entry, location, existing):
+            if not self._add_non_directory(entry, location):
                 return
             origin = Origin.OTHER
         self.layer_paths[location.path] = origin
@@ -266,16 +265,22 @@ class Applier:
             "that path, and a layer may hold each path only once"
         )
 
-    def _add_directory(
-        self, entry: Entry, location: Location, existing: os.stat_result | None
-    ) -> None:
+    def _add_directory(self, entry: Entry, location: Location) -> None:
         dir_fd, name = location.dir_fd, location.name
         mode = entry.mode | 0o700 if self.options.rootless else entry.mode
-        merged = existing is not None and stat.S_ISDIR(existing.st_mode)
-        if not merged:
-            if existing is not None:
-                self.remove(dir_fd, name, existing)
+        # Creating first spares a new directory the lstat; only a clash looks closer.
+        existing = None
+        try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)
+            merged = False
+        except FileExistsError:
+            existing = lstat_at(dir_fd, name)
+            merged = existing is not None and stat.S_ISDIR(existing.st_mode)
+            if not merged:
+                if existing is not None:
+                    self.remove(dir_fd, name, existing)
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+        if not merged:
             self.directory_created(location, existing)
         self.metadata.apply_at(dir_fd, name, entry, mode=mode, replace_xattrs=merged)
         atime, mtime = entry_times(entry)
@@ -284,25 +289,43 @@ class Applier:
     def directory_created(self, location: Location, replaced: os.stat_result | None) -> None:
         """Hook run when an entry creates a new directory, before its metadata is set."""
 
-    def _add_non_directory(
-        self, entry: Entry, location: Location, existing: os.stat_result | None
-    ) -> bool:
-        """Create a non-directory entry; return False when it was skipped."""
+    def _add_non_directory(self, entry: Entry, location: Location) -> bool:
+        """Create a non-directory entry; return False when it was skipped.
+
+        A new path is created under its own name: every create is exclusive and does
+        not follow a symlink, so an existing name makes it fail instead of being
+        overwritten. An existing path is replaced by a temporary file renamed over it,
+        so a reader never sees it half written.
+        """
         if entry.type is FileType.HARDLINK:
-            return self._add_hardlink(entry, location, existing)
+            return self._add_hardlink(entry, location, lstat_at(location.dir_fd, location.name))
         if entry.type not in (FileType.REGULAR, FileType.SYMLINK, *_DEVICE_TYPES):
             raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
         dir_fd = location.dir_fd
-        temp = self.new_temp_name(dir_fd)
+        # Marked before the create, so an interrupt right after it still removes it.
+        self._pending_temp = (dir_fd, location.name)
+        try:
+            created = self._create(entry, dir_fd, location.name)
+        except FileExistsError:
+            self._pending_temp = None
+            existing = lstat_at(dir_fd, location.name)
+            temp = self.new_temp_name(dir_fd)
+            created = self._create(entry, dir_fd, temp)
+            if created:
+                self.replace(location, temp, existing)
+        self._pending_temp = None
+        return created
+
+    def _create(self, entry: Entry, dir_fd: int, name: bytes) -> bool:
+        """Create the entry as `name` in `dir_fd`; return False when it was skipped."""
         if entry.type is FileType.REGULAR:
-            self._write_regular(entry, dir_fd, temp)
-        elif entry.type is FileType.SYMLINK:
-            os.symlink(entry.linkname, temp, dir_fd=dir_fd)
-        elif not self._make_node(entry, dir_fd, temp):
+            self._write_regular(entry, dir_fd, name)
+            return True
+        if entry.type is FileType.SYMLINK:
+            os.symlink(entry.linkname, name, dir_fd=dir_fd)
+        elif not self._make_node(entry, dir_fd, name):
             return False
-        if entry.type is not FileType.REGULAR:
-            self.metadata.apply_at(dir_fd, temp, entry)
-        self.replace(location, temp, existing)
+        self.metadata.apply_at(dir_fd, name, entry)
         return True
 
     def _write_regular(self, entry: Entry, dir_fd: int, temp: bytes) -> None:
@@ -318,9 +341,11 @@ class Applier:
                     if ends_in_hole:
                         os.lseek(fd, len(chunk), os.SEEK_CUR)
                         continue
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    written = os.write(fd, chunk)
+                    if written < len(chunk):
+                        view = memoryview(chunk)[written:]
+                        while view:
+                            view = view[os.write(fd, view) :]
             if ends_in_hole:
                 # Seeking past the end does not grow a file. (A truncate in every case
                 # would cost ext4 a journal transaction per file.)
@@ -518,6 +543,8 @@ def _is_same_or_below(path: bytes, directory: bytes) -> bool:
 
 def _check_path_lengths(entry: Entry) -> None:
     """Raise ApplyError for an entry path or hardlink target that Linux cannot name."""
+    if len(entry.path) < PATH_MAX and len(entry.linkname) < PATH_MAX:
+        return
     paths = [("path", entry.path)]
     if entry.type is FileType.HARDLINK:
         paths.append(("hardlink target", entry.linkname))

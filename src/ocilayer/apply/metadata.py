@@ -69,11 +69,14 @@ class MetadataWriter:
     def apply_to_fd(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the open regular file `fd`."""
         if not self.rootless:
-            _chown(entry, lambda uid, gid: os.fchown(fd, uid, gid))
-        for key, value in self._xattrs(entry):
-            self._set_xattr(fd, key, value, entry)
+            _chown(entry, os.fchown, fd)
+        if entry.xattrs:
+            for key, value in self._xattrs(entry):
+                self._set_xattr(fd, key, value, entry)
         os.fchmod(fd, entry.mode)
-        os.utime(fd, ns=entry_times(entry))
+        mtime = entry.mtime_ns
+        atime = mtime if entry.atime_ns is None else entry.atime_ns
+        os.utime(fd, ns=(atime, mtime))
 
     def apply_at(
         self,
@@ -91,10 +94,7 @@ class MetadataWriter:
         entry does not carry are removed first, except host-specific ones.
         """
         if not self.rootless:
-            _chown(
-                entry,
-                lambda uid, gid: os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False),
-            )
+            _chown(entry, _chown_at, name, dir_fd)
         path = proc_path(dir_fd, name)
         if replace_xattrs:
             self._remove_other_xattrs(path, entry)
@@ -183,10 +183,11 @@ class MetadataWriter:
         )
 
 
-def _chown(entry: Entry, chown: Callable[[int, int], None]) -> None:
+def _chown(entry: Entry, chown: Callable[..., None], *target: object) -> None:
+    """Call `chown(*target, uid, gid)` with the entry's checked owner."""
     uid, gid = checked_ids(entry)
     try:
-        chown(uid, gid)
+        chown(*target, uid, gid)
     except OSError as error:
         if error.errno != errno.EINVAL:
             raise
@@ -197,11 +198,16 @@ def _chown(entry: Entry, chown: Callable[[int, int], None]) -> None:
         ) from None
 
 
+def _chown_at(name: bytes, dir_fd: int, uid: int, gid: int) -> None:
+    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
 def checked_ids(entry: Entry) -> tuple[int, int]:
-    for label, value in (("uid", entry.uid), ("gid", entry.gid)):
-        if not 0 <= value <= MAX_ID:
-            raise ValueError(f"{label} {value} is out of range (0 to {MAX_ID})")
-    return entry.uid, entry.gid
+    uid, gid = entry.uid, entry.gid
+    if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+        label, value = ("uid", uid) if not 0 <= uid <= MAX_ID else ("gid", gid)
+        raise ValueError(f"{label} {value} is out of range (0 to {MAX_ID})")
+    return uid, gid
 
 
 def entry_times(entry: Entry) -> tuple[int, int]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import struct
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from typing import BinaryIO, Protocol
 
 from ocilayer.entry import ChangeKind, Entry, FileType
 from ocilayer.errors import TarFormatError, UnsafePathError
+from ocilayer.tarformat.encoder import byte_sum
 
 BLOCK_SIZE = 512
 WHITEOUT_PREFIX = b".wh."
@@ -61,6 +63,10 @@ _MAX_SHOWN = 200
 _MAX_SHOWN_NUMBER = 24
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
+# The header fields, name to prefix, as struct unpacks them (typeflag is one byte).
+_USTAR_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
+# The checksum is computed with its own eight bytes taken as spaces.
+_CHECKSUM_SPACES = 8 * 0x20
 _COPY_CHUNK = 1 << 20
 _PAX_TIME = re.compile(rb"^(-?)(\d+)(?:\.(\d*))?$")
 
@@ -97,6 +103,13 @@ def clean_entry_path(raw: bytes) -> bytes:
 
     Raises UnsafePathError when a `..` component would climb above the root.
     """
+    if (
+        raw[:1] not in (b"", b"/", b".")
+        and raw[-1:] != b"/"
+        and b"/." not in raw
+        and b"//" not in raw
+    ):
+        return raw  # already clean: no empty, `.` or `..` component
     parts: list[bytes] = []
     for component in raw.split(b"/"):
         if component in (b"", b"."):
@@ -171,8 +184,12 @@ class TarReader:
         return data
 
     def _read_up_to(self, count: int) -> bytes:
-        chunks = []
-        remaining = count
+        data = self._stream.read(count)
+        self.offset += len(data)
+        if len(data) == count or not data:
+            return data
+        chunks = [data]
+        remaining = count - len(data)
         while remaining:
             chunk = self._stream.read(remaining)
             if not chunk:
@@ -257,7 +274,8 @@ class TarReader:
             if long_link is not None:
                 header.linkname = long_link
             header.offset = entry_start
-            _apply_pax(header, pax)
+            if pax:
+                _apply_pax(header, pax)
             return header
 
     def _check_end(self, start: int) -> None:
@@ -384,6 +402,29 @@ class _EntryContent(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1, /) -> bytes:
+        """Read up to `size` bytes, or all that is left when `size` is negative.
+
+        Bytes come straight from the stream, not through a buffer as readinto's do.
+        """
+        if size < 0:
+            return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
+        if not self._valid:
+            raise ValueError(f"the content of tar entry {self._name!r} is no longer available")
+        count = min(size, self._remaining)
+        if count == 0:
+            return b""
+        reader = self._reader
+        data = reader._stream.read(count)
+        if not data:
+            raise TarFormatError(
+                f"tar stream is truncated at offset {reader.offset}: entry "
+                f"{self._name!r} is missing {self._remaining} bytes of data"
+            )
+        self._remaining -= len(data)
+        reader.offset += len(data)
+        return data
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._valid:
             raise ValueError(f"the content of tar entry {self._name!r} is no longer available")
@@ -442,6 +483,48 @@ def _parse_number(field: bytes, what: str, where: str) -> int:
 
 
 def _parse_block(block: bytes, offset: int) -> _Header:
+    """Parse a header block; a block with anything unusual goes to the checked parser.
+
+    The fast path takes octal numbers and the unsigned checksum. Base-256 numbers, a
+    signed checksum, a negative size and every malformed field fall through to
+    `_parse_block_checked`, which accepts the same blocks and words the errors.
+    """
+    (name, mode, uid, gid, size, mtime, checksum, typeflag, linkname, magic, _version,
+     _uname, _gname, devmajor, devminor, prefix) = _USTAR_FIELDS.unpack_from(block)  # fmt: skip
+    try:
+        stored, mode, uid, gid, size, mtime = [
+            int(field.replace(b"\x00", b" ").strip() or b"0", 8)
+            for field in (checksum, mode, uid, gid, size, mtime)
+        ]
+        has_devices = magic in (b"ustar\x00", b"ustar ")
+        if has_devices:
+            devmajor = int(devmajor.replace(b"\x00", b" ").strip() or b"0", 8)
+            devminor = int(devminor.replace(b"\x00", b" ").strip() or b"0", 8)
+    except ValueError:
+        return _parse_block_checked(block, offset)
+    if size < 0 or stored != byte_sum(block) - sum(checksum) + _CHECKSUM_SPACES:
+        return _parse_block_checked(block, offset)
+    name = _cstring(name)
+    if magic == b"ustar\x00":
+        prefix = _cstring(prefix)
+        if prefix:
+            name = prefix + b"/" + name
+    return _Header(
+        offset=offset,
+        name=name,
+        typeflag=typeflag,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        size=size,
+        mtime_ns=mtime * 1_000_000_000,
+        linkname=_cstring(linkname),
+        devmajor=devmajor if has_devices else 0,
+        devminor=devminor if has_devices else 0,
+    )
+
+
+def _parse_block_checked(block: bytes, offset: int) -> _Header:
     stored = _parse_number(block[148:156], "checksum", f"header at offset {offset}")
     summed = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(summed)
