@@ -3,13 +3,79 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import BinaryIO
+
+# Bytes gathered before a batch goes to the hashing thread: large enough that the
+# hand-off costs nothing next to the hash, small enough to bound the memory held.
+_BATCH = 1 << 20
+_QUEUED_BATCHES = 4
 
 
 def format_digest(hasher: hashlib._Hash) -> str:
     """Return a digest as `sha256:<hex>`."""
     return f"{hasher.name}:{hasher.hexdigest()}"
+
+
+class BackgroundSha256:
+    """sha256 computed on a helper thread while the caller goes on.
+
+    hashlib releases the GIL while it hashes a large buffer, so on a second core the
+    hash costs the producer almost nothing. Small updates are gathered into batches
+    of 1 MiB first. Bytes objects are handed over as they are; other buffers are
+    copied, because their owner may reuse them. The thread starts with the first
+    batch and ends at `digest`, or when the object is collected.
+    """
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+        self._batch = bytearray()
+        self._queue: queue.Queue[bytes | bytearray | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._result: str | None = None
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if len(data) >= _BATCH and not self._batch and isinstance(data, bytes):
+            self._hand_over(data)
+            return
+        self._batch += data
+        if len(self._batch) >= _BATCH:
+            batch, self._batch = self._batch, bytearray()
+            self._hand_over(batch)
+
+    def _hand_over(self, batch: bytes | bytearray) -> None:
+        if self._queue is None:
+            self._queue = queue.Queue(_QUEUED_BATCHES)
+            self._thread = threading.Thread(
+                target=_hash_batches,
+                args=(self._hasher, self._queue),
+                name="ocilayer-sha256",
+                daemon=True,
+            )
+            self._thread.start()
+            # A caller that stops early on an error never reads the digest.
+            weakref.finalize(self, self._queue.put, None)
+        self._queue.put(batch)
+
+    @property
+    def digest(self) -> str:
+        """Return `sha256:<hex>` of everything given so far; later updates are an error."""
+        if self._result is None:
+            if self._queue is not None and self._thread is not None:
+                self._queue.put(None)
+                self._thread.join()
+            self._hasher.update(self._batch)
+            self._batch = bytearray()
+            self._result = format_digest(self._hasher)
+        return self._result
+
+
+def _hash_batches(hasher: hashlib._Hash, batches: queue.Queue[bytes | bytearray | None]) -> None:
+    while (batch := batches.get()) is not None:
+        hasher.update(batch)
 
 
 class HashingWriter:
@@ -20,11 +86,11 @@ class HashingWriter:
 
     def __init__(self, target: BinaryIO | None) -> None:
         self._target = target
-        self.hasher = hashlib.sha256()
+        self._hasher = BackgroundSha256()
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self.hasher.update(data)
+        self._hasher.update(data)
         self.size += len(data)
         if self._target is not None:
             self._target.write(data)
@@ -46,7 +112,7 @@ class HashingWriter:
 
     @property
     def digest(self) -> str:
-        return format_digest(self.hasher)
+        return self._hasher.digest
 
 
 class HashingReader:
@@ -54,12 +120,12 @@ class HashingReader:
 
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
-        self.hasher = hashlib.sha256()
+        self._hasher = BackgroundSha256()
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._source.read(size)
-        self.hasher.update(data)
+        self._hasher.update(data)
         self.size += len(data)
         return data
 
@@ -73,7 +139,7 @@ class HashingReader:
 
     @property
     def digest(self) -> str:
-        return format_digest(self.hasher)
+        return self._hasher.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from ocilayer.errors import Cancelled, LayerError
 from ocilayer.progress import Progress
 from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.snapshot import SnapshotSource
-from ocilayer.sources.tarsource import TarSource
 from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
 from ocilayer.xattrs import XattrPolicy
 
@@ -179,6 +178,8 @@ def export_layer_to_tar(
             stream = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as error:
             raise LayerError(f"cannot open layer tar {os.fsdecode(path)!r}: {error}") from None
+        from ocilayer.sources.tarsource import TarSource  # loads the tar reader
+
         with stream:
             tar_reader = TarSource(stream, prefix=prefix, xattrs=xattrs)
             return write_layer(tar_reader, writer, **settings)  # type: ignore[arg-type]

@@ -268,7 +268,7 @@ class Applier:
     def _add_directory(self, entry: Entry, location: Location) -> None:
         dir_fd, name = location.dir_fd, location.name
         mode = entry.mode | 0o700 if self.options.rootless else entry.mode
-        # Creating first spares a new directory the lstat; only a clash looks closer.
+        # mkdir comes first, so a new directory costs no lstat. Only a clash is examined.
         existing = None
         try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)

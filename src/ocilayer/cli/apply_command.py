@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ocilayer.apply import ApplyError, import_layer_from_tar
 from ocilayer.errors import Cancelled, LayerError
 from ocilayer.progress import Progress
 
@@ -105,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.kind == "windows":
         return _run_windows(args)
+    # Imported here, so that the other commands do not load the applier.
+    from ocilayer.apply import ApplyError, import_layer_from_tar
+
     progress = Progress.on_terminal("apply", quiet=args.quiet)
     try:
         with _open_layer(args.layer) as layer:

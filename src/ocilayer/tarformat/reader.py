@@ -405,7 +405,7 @@ class _EntryContent(io.RawIOBase):
     def read(self, size: int = -1, /) -> bytes:
         """Read up to `size` bytes, or all that is left when `size` is negative.
 
-        Bytes come straight from the stream, not through a buffer as readinto's do.
+        The bytes come straight from the stream, without the buffer copy of readinto.
         """
         if size < 0:
             return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
