@@ -129,7 +129,15 @@ def tar(*entries: bytes, end: bytes = END_OF_ARCHIVE) -> bytes:
 
 
 # (offset, width) of the USTAR header fields that tests edit.
-_FIELDS = {"name": (0, 100), "size": (124, 12), "mtime": (136, 12), "typeflag": (156, 1)}
+_FIELDS = {
+    "name": (0, 100),
+    "mode": (100, 8),
+    "uid": (108, 8),
+    "size": (124, 12),
+    "mtime": (136, 12),
+    "typeflag": (156, 1),
+    "devmajor": (329, 8),
+}
 
 
 def with_header_field(block: bytes, field: str, value: bytes) -> bytes:

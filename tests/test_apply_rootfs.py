@@ -37,6 +37,7 @@ from apply_helpers import (
     symlink,
     tar,
     whiteout,
+    with_header_field,
 )
 from ocilayer.apply import ApplyError, DiffIdMismatchError, import_layer_from_tar
 from ocilayer.apply.paths import remove_tree
@@ -1224,3 +1225,36 @@ def test_end_marker_alone_is_enough(tmp_path: Path) -> None:
     assert (
         result.diff_id == "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
     )
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        tar(symlink("old", "")),
+        tar(symlink("old", "x" * 4096)),
+        tar(
+            with_header_field(
+                char_device("old", 1, 3), "devmajor", b"\x80" + bytes(3) + b"\x02" + bytes(3)
+            )
+        ),
+    ],
+    ids=["empty-symlink-target", "symlink-target-too-long", "device-major-out-of-range"],
+)
+def test_failed_create_keeps_existing_file(tmp_path: Path, layer: bytes) -> None:
+    """A create that fails before the name is looked up must not remove what is there."""
+    root = tmp_path / "root"
+    apply(tar(file("old", "kept")), root)
+    with pytest.raises(ApplyError):
+        apply(layer, root)
+    assert listing(root) == {"old": "f 644 'kept'"}
+    assert temp_files(root) == []
+
+
+def test_failed_apply_leaves_no_hashing_thread(tmp_path: Path) -> None:
+    """The hash thread of a failed apply ends with it, not when the garbage collector runs."""
+    cut = tar(file("big", bytes(3 << 20)))[: 2 << 20]
+    for attempt in range(3):
+        with pytest.raises(TarFormatError):
+            apply(cut, tmp_path / f"root-{attempt}")
+    alive = [thread.name for thread in threading.enumerate()]
+    assert "ocilayer-sha256" not in alive

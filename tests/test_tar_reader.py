@@ -327,6 +327,26 @@ def test_out_of_range_base256_fields_raise(field: str, raw: bytes, message: str)
     assert str(raised.value) == f"entry b'f' at offset 0: {message}"
 
 
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("mode", b"-000644"),
+        ("mode", b"+000644"),
+        ("uid", b"0o17"),
+        ("size", b"0000000000_5"),
+        ("mtime", b"1 2"),
+    ],
+    ids=["minus", "plus", "0o-prefix", "underscore", "inner-space"],
+)
+def test_octal_fields_take_only_digits(field: str, raw: bytes) -> None:
+    """Python's int() would take these; Go's and GNU tar's readers reject them."""
+    block = with_header_field(encode_header(TarHeader(name=b"f")), field, raw)
+    with pytest.raises(TarFormatError) as raised:
+        read_all(block + END_OF_ARCHIVE)
+    shown = raw.ljust(12 if field in ("size", "mtime") else 8, b"\x00")
+    assert str(raised.value) == f"entry b'f' at offset 0 has an invalid {field} field {shown!r}"
+
+
 def test_base256_mtime_at_int64_limits() -> None:
     largest = b"\x80" + bytes(3) + ((1 << 63) - 1).to_bytes(8, "big")
     smallest = b"\xff" * 4 + (1 << 63).to_bytes(8, "big")

@@ -27,7 +27,7 @@ class BackgroundSha256:
     hash costs the producer almost nothing. Small updates are gathered into batches
     of 1 MiB first. Bytes objects are handed over as they are; other buffers are
     copied, because their owner may reuse them. The thread starts with the first
-    batch and ends at `digest`, or when the object is collected.
+    batch and ends at `stop` or `digest`, or when the object is collected.
     """
 
     def __init__(self) -> None:
@@ -60,13 +60,22 @@ class BackgroundSha256:
             weakref.finalize(self, self._queue.put, None)
         self._queue.put(batch)
 
+    def stop(self) -> None:
+        """Wait for the batches handed over so far and end the thread.
+
+        Call it when the digest will not be read (after an error). A later update
+        starts a new thread.
+        """
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        self._queue = self._thread = None
+
     @property
     def digest(self) -> str:
         """Return `sha256:<hex>` of everything given so far; later updates are an error."""
         if self._result is None:
-            if self._queue is not None and self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
+            self.stop()
             self._hasher.update(self._batch)
             self._batch = bytearray()
             self._result = format_digest(self._hasher)
@@ -106,6 +115,10 @@ class HashingWriter:
     def close(self) -> None:
         self.flush()
 
+    def stop_hashing(self) -> None:
+        """End the hashing thread when the digest will not be read (after an error)."""
+        self._hasher.stop()
+
     @property
     def closed(self) -> bool:
         return False
@@ -131,6 +144,10 @@ class HashingReader:
 
     def readable(self) -> bool:
         return True
+
+    def stop_hashing(self) -> None:
+        """End the hashing thread when the digest will not be read (after an error)."""
+        self._hasher.stop()
 
     def drain(self) -> None:
         """Read to the end, so that bytes after the tar end blocks count too."""

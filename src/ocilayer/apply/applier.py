@@ -41,6 +41,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ocilayer.apply.errors import NEEDS_MKNOD, ApplyError
 from ocilayer.apply.metadata import MetadataWriter, entry_times
@@ -71,6 +72,8 @@ _DEVICE_TYPES = {
     FileType.BLOCK: stat.S_IFBLK,
     FileType.FIFO: stat.S_IFIFO,
 }
+
+_T = TypeVar("_T")
 
 
 class Origin(enum.Enum):
@@ -302,12 +305,9 @@ class Applier:
         if entry.type not in (FileType.REGULAR, FileType.SYMLINK, *_DEVICE_TYPES):
             raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
         dir_fd = location.dir_fd
-        # Marked before the create, so an interrupt right after it still removes it.
-        self._pending_temp = (dir_fd, location.name)
         try:
             created = self._create(entry, dir_fd, location.name)
         except FileExistsError:
-            self._pending_temp = None
             existing = lstat_at(dir_fd, location.name)
             temp = self.new_temp_name(dir_fd)
             created = self._create(entry, dir_fd, temp)
@@ -322,15 +322,32 @@ class Applier:
             self._write_regular(entry, dir_fd, name)
             return True
         if entry.type is FileType.SYMLINK:
-            os.symlink(entry.linkname, name, dir_fd=dir_fd)
+            self._created_by(os.symlink, dir_fd, name, entry.linkname, name, dir_fd=dir_fd)
         elif not self._make_node(entry, dir_fd, name):
             return False
         self.metadata.apply_at(dir_fd, name, entry)
         return True
 
+    def _created_by(
+        self, create: Callable[..., _T], dir_fd: int, name: bytes, /, *args: Any, **kwargs: Any
+    ) -> _T:
+        """Call the exclusive `create(*args, **kwargs)` of `name` in `dir_fd`.
+
+        The name is marked for removal before the call, so an interrupt right after a
+        successful create still removes the new file. When the create fails with
+        OSError it made nothing, and the mark is dropped: the name may belong to a
+        file that was already there.
+        """
+        self._pending_temp = (dir_fd, name)
+        try:
+            return create(*args, **kwargs)
+        except OSError:
+            self._pending_temp = None
+            raise
+
     def _write_regular(self, entry: Entry, dir_fd: int, temp: bytes) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+        fd = self._created_by(os.open, dir_fd, temp, temp, flags, 0o600, dir_fd=dir_fd)
         try:
             ends_in_hole = False
             with entry.open() as content:
@@ -358,12 +375,11 @@ class Applier:
         """Create a device node or FIFO; return False when a device is skipped."""
         for label, number in (("major", entry.devmajor), ("minor", entry.devminor)):
             if not 0 <= number <= _MAX_DEVICE_NUMBER:
-                raise TarFormatError(
-                    f"entry {entry.path!r}: device {label} number {number} is out of range"
-                )
+                raise TarFormatError(f"device {label} number {number} is out of range")
         device = os.makedev(entry.devmajor, entry.devminor)
+        kind = _DEVICE_TYPES[entry.type] | 0o600
         try:
-            os.mknod(temp, _DEVICE_TYPES[entry.type] | 0o600, device, dir_fd=dir_fd)
+            self._created_by(os.mknod, dir_fd, temp, temp, kind, device, dir_fd=dir_fd)
         except PermissionError:
             if entry.type is FileType.FIFO:
                 raise

@@ -476,6 +476,9 @@ def _parse_number(field: bytes, what: str, where: str) -> int:
     text = field.replace(b"\x00", b" ").strip()
     if not text:
         return 0
+    # isdigit first, because int() also accepts a sign, `_` and a `0o` prefix.
+    if not text.isdigit():
+        raise TarFormatError(f"{where} has an invalid {what} field {field!r}")
     try:
         return int(text, 8)
     except ValueError:
@@ -491,17 +494,18 @@ def _parse_block(block: bytes, offset: int) -> _Header:
     """
     (name, mode, uid, gid, size, mtime, checksum, typeflag, linkname, magic, _version,
      _uname, _gname, devmajor, devminor, prefix) = _USTAR_FIELDS.unpack_from(block)  # fmt: skip
-    try:
-        stored, mode, uid, gid, size, mtime = [
-            int(field.replace(b"\x00", b" ").strip() or b"0", 8)
-            for field in (checksum, mode, uid, gid, size, mtime)
-        ]
-        has_devices = magic in (b"ustar\x00", b"ustar ")
-        if has_devices:
-            devmajor = int(devmajor.replace(b"\x00", b" ").strip() or b"0", 8)
-            devminor = int(devminor.replace(b"\x00", b" ").strip() or b"0", 8)
-    except ValueError:
+    has_devices = magic in (b"ustar\x00", b"ustar ")
+    fields = (checksum, mode, uid, gid, size, mtime, *((devmajor, devminor) if has_devices else ()))
+    texts = [field.replace(b"\x00", b" ").strip() for field in fields]
+    # Only digits, and no field empty: int() also takes signs, `_` and `0o`.
+    if not all(texts) or not b"".join(texts).isdigit():
         return _parse_block_checked(block, offset)
+    try:
+        stored, mode, uid, gid, size, mtime, *devices = [int(text, 8) for text in texts]
+    except ValueError:  # an 8 or a 9
+        return _parse_block_checked(block, offset)
+    if has_devices:
+        devmajor, devminor = devices
     if size < 0 or stored != byte_sum(block) - sum(checksum) + _CHECKSUM_SPACES:
         return _parse_block_checked(block, offset)
     name = _cstring(name)
