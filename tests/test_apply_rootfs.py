@@ -1248,13 +1248,3 @@ def test_failed_create_keeps_existing_file(tmp_path: Path, layer: bytes) -> None
         apply(layer, root)
     assert listing(root) == {"old": "f 644 'kept'"}
     assert temp_files(root) == []
-
-
-def test_failed_apply_leaves_no_hashing_thread(tmp_path: Path) -> None:
-    """The hash thread of a failed apply ends with it, not when the garbage collector runs."""
-    cut = tar(file("big", bytes(3 << 20)))[: 2 << 20]
-    for attempt in range(3):
-        with pytest.raises(TarFormatError):
-            apply(cut, tmp_path / f"root-{attempt}")
-    alive = [thread.name for thread in threading.enumerate()]
-    assert "ocilayer-sha256" not in alive

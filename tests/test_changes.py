@@ -14,6 +14,8 @@ import pytest
 
 from layer_helpers import copy_tree, write
 from ocilayer import ChangeKind, export_changes
+from ocilayer.entry import Entry, FileType
+from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.sources.union import walk_key
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -191,3 +193,29 @@ def test_base_layer_is_all_additions(tmp_path: Path) -> None:
 )
 def test_walk_order_puts_separator_lowest(smaller: bytes, larger: bytes) -> None:
     assert walk_key(smaller) < walk_key(larger)
+
+
+def test_snapshot_entry_fields_match_lstat(tmp_path: Path) -> None:
+    """The snapshot reader builds entries from a positional tuple; check every field."""
+    root = tmp_path / "layer"
+    root.mkdir()
+    write(root / "f", b"data")
+    os.chmod(root / "f", 0o2751)
+    os.setxattr(root / "f", b"user.k", b"v")
+    st = os.lstat(root / "f")
+    (item,) = [change for change in SnapshotSource(root).changes() if change.path == b"f"]
+    assert item == Entry(
+        path=b"f",
+        kind=ChangeKind.ADD,
+        type=FileType.REGULAR,
+        mode=0o2751,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=4,
+        xattrs={b"user.k": b"v"},
+        link_key=(st.st_dev, st.st_ino),
+        nlink=1,
+        source_path=os.fsencode(root / "f"),
+        content=b"data",
+    )

@@ -741,3 +741,32 @@ def test_fast_header_parse_agrees_with_the_checked_parser(
     assert _parsed(reader_module._parse_block, data) == _parsed(
         reader_module._parse_block_checked, data
     )
+
+
+def test_reader_fills_every_entry_field() -> None:
+    """The reader builds entries from a positional tuple; each value lands in its field."""
+    records = {
+        b"atime": b"1700000001.5",
+        b"ctime": b"1700000002.25",
+        b"SCHILY.xattr.user.k": b"v",
+        b"uid": b"70000",
+    }
+    main = encode_header(
+        TarHeader(name=b"dev", typeflag=b"3", mode=0o4640, gid=9, devmajor=4, devminor=5,
+                  mtime_ns=1_700_000_000 * 10**9)
+    )  # fmt: skip
+    ((item, _),) = read_all(pax_header(records) + main + END_OF_ARCHIVE)
+    assert item == Entry(
+        path=b"dev",
+        kind=ChangeKind.ADD,
+        type=FileType.CHAR,
+        mode=0o4640,
+        uid=70000,
+        gid=9,
+        mtime_ns=1_700_000_000 * 10**9,
+        atime_ns=1_700_000_001_500_000_000,
+        ctime_ns=1_700_000_002_250_000_000,
+        devmajor=4,
+        devminor=5,
+        xattrs={b"user.k": b"v"},
+    )

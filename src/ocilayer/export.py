@@ -119,8 +119,6 @@ def write_layer(
     except BaseException:
         if compressor is not None:
             _abandon(compressor)
-        tar.stop_hashing()
-        blob.stop_hashing()
         raise
     if compressor is not None:
         compressor.close()

@@ -139,15 +139,11 @@ def import_layer_from_tar(
         stream, compression = open_decompressor(reader)
         hashing = HashingReader(stream)
         tar = TarReader(hashing)
-        try:
-            if progress is not None:
-                _apply_entries(tar, applier, _reporting(check_cancelled, progress, hashing))
-            else:
-                _apply_entries(tar, applier, check_cancelled)
-            hashing.drain()
-        except BaseException:
-            hashing.stop_hashing()
-            raise
+        if progress is not None:
+            _apply_entries(tar, applier, _reporting(check_cancelled, progress, hashing))
+        else:
+            _apply_entries(tar, applier, check_cancelled)
+        hashing.drain()
         if progress is not None:
             progress.update(progress.entries, hashing.size)
         written = applier.bytes_written

@@ -217,8 +217,6 @@ def convert_to_windows(
             compressor.close()
         except Exception as error:  # the first error matters more
             log.debug("closing the compressor after a failure: %s", error)
-        tar_bytes.stop_hashing()
-        blob.stop_hashing()
         raise
     compressor.close()
     blob.flush()

@@ -140,8 +140,6 @@ def write_items(
             compressor.close()
         except Exception as error:  # the first error matters more
             log.debug("closing the compressor after a failure: %s", error)
-        tar_bytes.stop_hashing()
-        blob.stop_hashing()
         raise
     compressor.close()
     blob.flush()
