@@ -37,7 +37,6 @@ import enum
 import errno
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,7 +201,7 @@ class Applier:
 
     def new_temp_name(self, dir_fd: int) -> bytes:
         """Return a fresh temporary name in `dir_fd`, removed if the entry fails."""
-        temp = TEMP_PREFIX + secrets.token_hex(8).encode()
+        temp = TEMP_PREFIX + os.urandom(8).hex().encode()
         self._pending_temp = (dir_fd, temp)
         return temp
 

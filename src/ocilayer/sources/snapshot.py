@@ -88,13 +88,17 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
     lower_it, upper_it = iter(lower), iter(upper)
     low = next(lower_it, None)
     up = next(upper_it, None)
+    # The walk keys of `low` and `up`, computed once per node.
+    low_key = None if low is None else walk_key(low.path)
+    up_key = None if up is None else walk_key(up.path)
     # Prefix of a deleted directory ("dir/"): lower paths below it need no whiteout.
     removed_dir: bytes | None = None
     while low is not None or up is not None:
-        if up is None or (low is not None and walk_key(low.path) < walk_key(up.path)):
+        if up_key is None or (low_key is not None and low_key < up_key):
             assert low is not None
             if removed_dir is not None and low.path.startswith(removed_dir):
                 low = next(lower_it, None)
+                low_key = None if low is None else walk_key(low.path)
                 continue
             if stat.S_ISDIR(low.st.st_mode):
                 removed_dir = low.path + b"/"
@@ -102,11 +106,15 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
                 removed_dir = None
             yield ChangeKind.DELETE, low
             low = next(lower_it, None)
-        elif low is None or walk_key(low.path) > walk_key(up.path):
+            low_key = None if low is None else walk_key(low.path)
+        elif low_key is None or low_key > up_key:
+            assert up is not None
             removed_dir = None
             yield ChangeKind.ADD, up
             up = next(upper_it, None)
+            up_key = None if up is None else walk_key(up.path)
         else:
+            assert up is not None and low is not None
             same = same_file(low, up)
             if stat.S_ISDIR(low.st.st_mode) and not stat.S_ISDIR(up.st.st_mode):
                 removed_dir = low.path + b"/"
@@ -118,6 +126,8 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
                 yield ChangeKind.UNMODIFIED, up
             low = next(lower_it, None)
             up = next(upper_it, None)
+            low_key = None if low is None else walk_key(low.path)
+            up_key = None if up is None else walk_key(up.path)
 
 
 _new_entry = tuple.__new__

@@ -38,7 +38,6 @@ import base64
 import io
 import re
 import struct
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -680,9 +679,12 @@ def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
     # bsdtar writes every xattr twice: `LIBARCHIVE.xattr.<name>` with a URL-encoded name
     # and a base64 value, and `SCHILY.xattr.<name>` with the same encoded name (in the C
     # locale) and the raw value. The pair stands for one xattr with the decoded name.
-    for encoded, value in libarchive_xattrs.items():
-        header.xattrs.pop(encoded, None)
-        header.xattrs[urllib.parse.unquote_to_bytes(encoded)] = value
+    if libarchive_xattrs:
+        import urllib.parse  # loaded only for bsdtar's records
+
+        for encoded, value in libarchive_xattrs.items():
+            header.xattrs.pop(encoded, None)
+            header.xattrs[urllib.parse.unquote_to_bytes(encoded)] = value
     for label, text in ((b"path", header.name), (b"linkpath", header.linkname)):
         if b"\x00" in text:
             raise TarFormatError(f"PAX {label.decode()} record at offset {offset} contains NUL")
