@@ -344,9 +344,9 @@ class Applier:
             self._pending_temp = None
             raise
 
-    def _write_regular(self, entry: Entry, dir_fd: int, temp: bytes) -> None:
+    def _write_regular(self, entry: Entry, dir_fd: int, name: bytes) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = self._created_by(os.open, dir_fd, temp, temp, flags, 0o600, dir_fd=dir_fd)
+        fd = self._created_by(os.open, dir_fd, name, name, flags, 0o600, dir_fd=dir_fd)
         try:
             ends_in_hole = False
             with entry.open() as content:
@@ -370,7 +370,7 @@ class Applier:
         finally:
             os.close(fd)
 
-    def _make_node(self, entry: Entry, dir_fd: int, temp: bytes) -> bool:
+    def _make_node(self, entry: Entry, dir_fd: int, name: bytes) -> bool:
         """Create a device node or FIFO; return False when a device is skipped."""
         for label, number in (("major", entry.devmajor), ("minor", entry.devminor)):
             if not 0 <= number <= _MAX_DEVICE_NUMBER:
@@ -378,7 +378,7 @@ class Applier:
         device = os.makedev(entry.devmajor, entry.devminor)
         kind = _DEVICE_TYPES[entry.type] | 0o600
         try:
-            self._created_by(os.mknod, dir_fd, temp, temp, kind, device, dir_fd=dir_fd)
+            self._created_by(os.mknod, dir_fd, name, name, kind, device, dir_fd=dir_fd)
         except PermissionError:
             if entry.type is FileType.FIFO:
                 raise
