@@ -15,7 +15,7 @@ import pytest
 from layer_helpers import copy_tree, write
 from ocilayer import ChangeKind, export_changes
 from ocilayer.entry import Entry, FileType
-from ocilayer.sources.snapshot import SnapshotSource
+from ocilayer.sources.snapshot import SnapshotSource, _files_equal
 from ocilayer.sources.union import walk_key
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
@@ -219,3 +219,22 @@ def test_snapshot_entry_fields_match_lstat(tmp_path: Path) -> None:
         source_path=os.fsencode(root / "f"),
         content=b"data",
     )
+
+
+def test_content_compare_sizes_and_fifos(tmp_path: Path) -> None:
+    """The content comparison behind zero-nanosecond mtimes, on files that changed since lstat."""
+    big = bytes(range(256)) * 8192  # 2 MiB, more than one read
+    for name, data in (("a", big), ("b", big), ("c", big[:-1] + b"x"), ("small", b"abc")):
+        write(tmp_path / name, data)
+    os.mkfifo(tmp_path / "fifo")
+    os.mkfifo(tmp_path / "fifo2")
+    path = {
+        name: os.fsencode(tmp_path / name) for name in ("a", "b", "c", "small", "fifo", "fifo2")
+    }
+    assert _files_equal(path["a"], path["b"], len(big))
+    assert not _files_equal(path["a"], path["c"], len(big))
+    # Both files grew by the same bytes after the walk saw them smaller.
+    assert not _files_equal(path["a"], path["b"], len(big) - 10)
+    # FIFOs swapped in after the walk: no blocking, and never equal.
+    assert not _files_equal(path["fifo"], path["fifo2"], 3)
+    assert not _files_equal(path["small"], path["fifo"], 3)
