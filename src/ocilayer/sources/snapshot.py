@@ -40,8 +40,8 @@ def _files_equal(first: bytes, second: bytes, size: int) -> bool:
 
     Plain descriptors, because a buffered file object costs two more system calls to
     open. O_NONBLOCK keeps a FIFO swapped in since the walk from blocking the open.
-    Such a FIFO reads short, so it never compares equal: a file of another length
-    never does.
+    Such a FIFO reads short, and a file whose length is not `size` never compares
+    equal.
     """
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     first_fd = os.open(first, flags)
