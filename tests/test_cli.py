@@ -114,6 +114,7 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
         ([], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday' is not"),
         (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
         (["-o", "{out}/missing/layer.tar"], {}, "/missing' does not exist; create it first"),
+        (["-o", "{dir}"], {}, "is a directory; give the path of the file to write"),
         (["-o", "{out}.tar.bz2"], {}, "OCI layers are plain, gzip or zstd"),
         (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is out of range"),
     ],
@@ -121,7 +122,7 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
 def test_usage_errors(
     tree: Path, tmp_path: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
-    filled = [arg.format(out=tmp_path / "layer") for arg in args]
+    filled = [arg.format(out=tmp_path / "layer", dir=tmp_path) for arg in args]
     result = run("export", str(tree), *filled, env=env)
     assert result.returncode == 2
     assert message in result.stderr.decode()

@@ -130,7 +130,28 @@ def test_huge_numbers_fail_without_traceback(
 ) -> None:
     result = run("apply", "-", str(tmp_path / "root"), "--target", target, stdin=tar(layer))
     assert result.returncode == 1
-    assert result.stderr.decode() == f"ocilayer: error: {message}\n"
+    # Errors of the tar format name the input; the Windows reader's errors name the entry.
+    source = "standard input: " if target != "windows" else ""
+    assert result.stderr.decode() == f"ocilayer: error: {source}{message}\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello\n", "tar stream is truncated inside the header at offset 0; the stream is "
+                     "cut short or not a tar"),
+        (b"not a tar at all " * 64, "header at offset 0 has an invalid checksum field "
+                                   "b' all not'; the stream is corrupt or not a tar"),
+    ],
+    ids=["short-text", "long-text"],
+)  # fmt: skip
+def test_not_a_tar_names_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    layer = tmp_path / "notes.txt"
+    layer.write_bytes(content)
+    result = run("apply", str(layer), str(tmp_path / "root"))
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"ocilayer: error: {str(layer)!r}: {message}\n"
+    assert os.listdir(tmp_path / "root") == []
 
 
 @pytest.fixture

@@ -41,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ocilayer {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help="log every step and show tracebacks on errors"
+        "--debug", action="store_true", help="show debug messages and a traceback on errors"
     )
     # --debug is accepted after the subcommand too; SUPPRESS keeps a value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="log every step and show tracebacks on errors")  # fmt: skip
+                        help="show debug messages and a traceback on errors")  # fmt: skip
     common.add_argument(
         "-q",
         "--quiet",

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ocilayer.errors import Cancelled, LayerError
+from ocilayer.errors import Cancelled, LayerError, TarFormatError
 from ocilayer.progress import Progress
 
 STDIN = "-"
@@ -31,7 +31,9 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("layer", metavar="LAYER_TAR", help="the layer tar; '-' for stdin")
-    parser.add_argument("target", metavar="TARGET", help="the directory to apply to")
+    parser.add_argument(
+        "target", metavar="TARGET", help="the directory to apply to; created if it does not exist"
+    )
     parser.add_argument(
         "--target",
         dest="kind",
@@ -69,7 +71,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print the diffID, the compression and the file bytes written as JSON on stdout",
+        help=(
+            "print the diffID, the compression and the bytes of file data written "
+            "(size) as JSON on stdout"
+        ),
     )
     parser.set_defaults(run=run)
 
@@ -131,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     except ApplyError as error:
         # The library's hint names parameters (rootless=True); name the options instead.
         raise ApplyError(error.cli_message(), error.entry, error.offset) from error
+    except TarFormatError as error:
+        source = "standard input" if args.layer == STDIN else repr(args.layer)
+        raise TarFormatError(f"{source}: {error}") from error
     if args.json:
         report = {
             "diffID": result.diff_id,

@@ -182,6 +182,8 @@ def _check_output_name(output: str) -> None:
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
         raise UsageError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
+    if os.path.isdir(output):
+        raise UsageError(f"-o {output!r} is a directory; give the path of the file to write")
 
 
 def _check_output_outside(output: str, layers: list[str]) -> None:

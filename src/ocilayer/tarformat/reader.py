@@ -243,7 +243,10 @@ class TarReader:
                     "without the end-of-archive marker"
                 )
             if len(block) < BLOCK_SIZE:
-                raise TarFormatError(f"tar stream is truncated inside the header at offset {start}")
+                raise TarFormatError(
+                    f"tar stream is truncated inside the header at offset {start}; the "
+                    "stream is cut short or not a tar"
+                )
             if block == _ZERO_BLOCK:
                 if extended:
                     raise TarFormatError(
@@ -518,7 +521,10 @@ def _parse_block(block: bytes, offset: int) -> _Header:
 
 
 def _parse_block_checked(block: bytes, offset: int) -> _Header:
-    stored = _parse_number(block[148:156], "checksum", f"header at offset {offset}")
+    try:
+        stored = _parse_number(block[148:156], "checksum", f"header at offset {offset}")
+    except TarFormatError as error:
+        raise TarFormatError(f"{error}; the stream is corrupt or not a tar") from None
     summed = block[:148] + b" " * 8 + block[156:]
     unsigned = sum(summed)
     # Some old writers summed the bytes as signed chars; readers accept both sums.
