@@ -26,6 +26,11 @@ def changes(lower: Path, upper: Path) -> list[tuple[ChangeKind, str]]:
     return [(e.kind, "/" + e.path.decode()) for e in export_changes(upper, [lower])]
 
 
+# Version 2 capability sets (cap_net_raw permitted, then cap_net_admin as well).
+CAPABILITY_A = bytes.fromhex("0100000200200000000000000000000000000000")
+CAPABILITY_B = bytes.fromhex("0100000200300000000000000000000000000000")
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path]:
     lower, upper = tmp_path / "lower", tmp_path / "upper"
@@ -238,3 +243,23 @@ def test_content_compare_sizes_and_fifos(tmp_path: Path) -> None:
     # FIFOs swapped in after the walk: no blocking, and never equal.
     assert not _files_equal(path["fifo"], path["fifo2"], 3)
     assert not _files_equal(path["small"], path["fifo"], 3)
+
+
+def test_capability_alone_decides_a_change(pair: tuple[Path, Path]) -> None:
+    """Only `security.capability` is compared among xattrs: added, changed or removed."""
+    lower, upper = pair
+    for name in ("added", "changed", "removed", "same", "user-only"):
+        write(lower / name, b"#!/bin/sh")
+    os.setxattr(lower / "changed", "security.capability", CAPABILITY_A)
+    os.setxattr(lower / "removed", "security.capability", CAPABILITY_A)
+    os.setxattr(lower / "same", "security.capability", CAPABILITY_A)
+    copy_tree(lower, upper)
+    os.setxattr(upper / "added", "security.capability", CAPABILITY_A)
+    os.setxattr(upper / "changed", "security.capability", CAPABILITY_B)
+    os.removexattr(upper / "removed", "security.capability")
+    os.setxattr(upper / "user-only", "user.note", b"not compared")
+    assert changes(lower, upper) == [
+        (MODIFY, "/added"),
+        (MODIFY, "/changed"),
+        (MODIFY, "/removed"),
+    ]

@@ -38,14 +38,20 @@ def is_host_specific(name: bytes) -> bool:
 
 
 _IGNORED_ERRNOS = (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+_CAPABILITY_NAME = os.fsdecode(CAPABILITY)
 
 
 def read_capability(full: bytes | int) -> bytes:
-    """Return `security.capability` of a path (not following symlinks) or fd, or `b""`."""
+    """Return `security.capability` of a path (not following symlinks) or fd, or `b""`.
+
+    The names are listed first: most files have no capability, and a listing that
+    lacks it costs less than the OSError of a getxattr that finds nothing.
+    """
+    follow = isinstance(full, int)  # os rejects follow_symlinks=False with an fd
     try:
-        if isinstance(full, int):
-            return os.getxattr(full, CAPABILITY)
-        return os.getxattr(full, CAPABILITY, follow_symlinks=False)
+        if _CAPABILITY_NAME not in os.listxattr(full, follow_symlinks=follow):
+            return b""
+        return os.getxattr(full, CAPABILITY, follow_symlinks=follow)
     except OSError as error:
         if error.errno in _IGNORED_ERRNOS:
             return b""
