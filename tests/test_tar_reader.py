@@ -343,8 +343,10 @@ def test_octal_fields_take_only_digits(field: str, raw: bytes) -> None:
     block = with_header_field(encode_header(TarHeader(name=b"f")), field, raw)
     with pytest.raises(TarFormatError) as raised:
         read_all(block + END_OF_ARCHIVE)
-    shown = raw.ljust(12 if field in ("size", "mtime") else 8, b"\x00")
-    assert str(raised.value) == f"entry b'f' at offset 0 has an invalid {field} field {shown!r}"
+    padded_field = raw.ljust(12 if field in ("size", "mtime") else 8, b"\x00")
+    assert (
+        str(raised.value) == f"entry b'f' at offset 0 has an invalid {field} field {padded_field!r}"
+    )
 
 
 def test_base256_mtime_at_int64_limits() -> None:
