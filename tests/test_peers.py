@@ -14,7 +14,6 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,15 +56,14 @@ def make_tar(items: list[Item]) -> bytes:
 
 
 def regular(name: bytes, data: bytes = b"", **fields: object) -> Item:
-    header = TarHeader(
-        name=name, typeflag=b"0", mode=0o644, size=len(data), mtime_ns=MTIME * SECOND
-    )
-    return replace(header, **fields), data  # type: ignore[arg-type]
+    values: dict[str, object] = {"typeflag": b"0", "mode": 0o644, "size": len(data),
+                                 "mtime_ns": MTIME * SECOND, **fields}  # fmt: skip
+    return TarHeader(name, **values), data  # type: ignore[arg-type]
 
 
 def other(name: bytes, typeflag: bytes, **fields: object) -> Item:
-    header = TarHeader(name=name, typeflag=typeflag, mode=0o755, mtime_ns=MTIME * SECOND)
-    return replace(header, **fields), b""  # type: ignore[arg-type]
+    values: dict[str, object] = {"mode": 0o755, "mtime_ns": MTIME * SECOND, **fields}
+    return TarHeader(name, typeflag, **values), b""  # type: ignore[arg-type]
 
 
 # Go's archive/tar reads and rewrites ocilayer's headers unchanged.

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 
 def format_digest(hasher: hashlib._Hash) -> str:
@@ -76,8 +75,7 @@ class HashingReader:
         return format_digest(self.hasher)
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
+class Descriptor(NamedTuple):
     """An OCI content descriptor of a layer blob, with the diff_id of its tar."""
 
     media_type: str

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import stat
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO, NamedTuple
 
@@ -58,8 +57,7 @@ _TYPE_BY_IFMT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class AlternateStream:
+class AlternateStream(NamedTuple):
     """A named NTFS data stream of a Windows file (`name:stream`)."""
 
     name: str
@@ -67,8 +65,7 @@ class AlternateStream:
     opener: Callable[[], BinaryIO] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WindowsMetadata:
+class WindowsMetadata(NamedTuple):
     """Windows-only file metadata, carried in `MSWINDOWS.*` PAX records."""
 
     attributes: int = 0

@@ -21,8 +21,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import LayerError, OutputError
@@ -45,8 +44,7 @@ _ZEROS = memoryview(bytes(_COPY_CHUNK))
 _SMALL_FILE = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
-class RecipeOptions:
+class RecipeOptions(NamedTuple):
     """Choices of the OCI recipe.
 
     `source_date_epoch` (Unix seconds) clamps later mtimes down to it.

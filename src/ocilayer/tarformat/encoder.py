@@ -17,7 +17,6 @@ The rules below follow Go's writer (checked against Go 1.19 by the round-trip te
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
 from zlib import adler32
 
 from ocilayer.errors import TarFormatError
@@ -38,7 +37,6 @@ _BASIC_KEYS = frozenset(
 _HEADER_ONLY_TYPES = frozenset([b"1", b"2", b"3", b"4", b"5", b"6"])
 
 
-@dataclass(slots=True)
 class TarHeader:
     """The fields of one tar entry, as Go's `tar.Header` has them.
 
@@ -46,24 +44,79 @@ class TarHeader:
     `format_pax` mirrors `hdr.Format = tar.FormatPAX`: when False, Go rounds the mtime
     to the nearest second and drops atime and ctime before it chooses a format.
     `pax_records` holds extra records such as `SCHILY.xattr.*`.
+
+    A plain class rather than a dataclass, which would load `dataclasses` and
+    `inspect` in every command: about 10 ms of start-up.
     """
 
-    name: bytes
-    typeflag: bytes = b"0"
-    mode: int = 0
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    mtime_ns: int = 0
-    atime_ns: int | None = None
-    ctime_ns: int | None = None
-    linkname: bytes = b""
-    uname: bytes = b""
-    gname: bytes = b""
-    devmajor: int = 0
-    devminor: int = 0
-    pax_records: dict[bytes, bytes] = field(default_factory=dict)
-    format_pax: bool = True
+    __slots__ = (
+        "atime_ns",
+        "ctime_ns",
+        "devmajor",
+        "devminor",
+        "format_pax",
+        "gid",
+        "gname",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "pax_records",
+        "size",
+        "typeflag",
+        "uid",
+        "uname",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: bytes,
+        typeflag: bytes = b"0",
+        mode: int = 0,
+        uid: int = 0,
+        gid: int = 0,
+        size: int = 0,
+        mtime_ns: int = 0,
+        atime_ns: int | None = None,
+        ctime_ns: int | None = None,
+        linkname: bytes = b"",
+        uname: bytes = b"",
+        gname: bytes = b"",
+        devmajor: int = 0,
+        devminor: int = 0,
+        pax_records: dict[bytes, bytes] | None = None,
+        format_pax: bool = True,
+    ) -> None:
+        self.name = name
+        self.typeflag = typeflag
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.atime_ns = atime_ns
+        self.ctime_ns = ctime_ns
+        self.linkname = linkname
+        self.uname = uname
+        self.gname = gname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.pax_records: dict[bytes, bytes] = {} if pax_records is None else pax_records
+        self.format_pax = format_pax
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TarHeader):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"TarHeader({fields})"
 
 
 def fits_octal(value: int, width: int) -> bool:
