@@ -39,8 +39,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ocilayer.apply.errors import NEEDS_MKNOD, ApplyError
 from ocilayer.apply.metadata import MetadataWriter, entry_times
@@ -84,8 +83,7 @@ class Origin(enum.Enum):
     OTHER = enum.auto()
 
 
-@dataclass(frozen=True, slots=True)
-class ApplyOptions:
+class ApplyOptions(NamedTuple):
     """Choices of the caller.
 
     `rootless` applies no ownership and skips xattrs that need privileges.

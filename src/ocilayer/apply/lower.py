@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ocilayer.apply.metadata import proc_path
 from ocilayer.apply.paths import list_directory, lstat_at, open_directory
@@ -36,8 +36,7 @@ class Visibility(enum.Enum):
     FOUND = enum.auto()
 
 
-@dataclass(slots=True)
-class LowerFile:
+class LowerFile(NamedTuple):
     """A file of a parent layer; `path` names it through /proc while the view is open."""
 
     stat: os.stat_result

@@ -19,8 +19,7 @@ import errno
 import os
 import stat
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ocilayer.apply.errors import ApplyError
 from ocilayer.entry import parent_of
@@ -157,8 +156,7 @@ class Tree(Protocol):
         """Prepare the existing directory `name` (real path `path`) before the walk enters it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """Destination of an entry: a directory descriptor, its real path and the last component.
 
     `dir_fd` belongs to the resolver and stays valid until its `end_entry()`.

@@ -39,7 +39,6 @@ import io
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ocilayer.entry import ChangeKind, Entry, FileType
@@ -123,24 +122,42 @@ def clean_entry_path(raw: bytes) -> bytes:
     return b"/".join(parts)
 
 
-@dataclass(slots=True)
 class _Header:
     """The fields of one entry after PAX records and GNU long names are applied."""
 
-    offset: int
-    name: bytes
-    typeflag: bytes
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    linkname: bytes
-    devmajor: int
-    devminor: int
-    atime_ns: int | None = None
-    ctime_ns: int | None = None
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    __slots__ = (
+        "atime_ns", "ctime_ns", "devmajor", "devminor", "gid", "linkname", "mode",
+        "mtime_ns", "name", "offset", "size", "typeflag", "uid", "xattrs",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        offset: int,
+        name: bytes,
+        typeflag: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime_ns: int,
+        linkname: bytes,
+        devmajor: int,
+        devminor: int,
+    ) -> None:
+        self.offset = offset
+        self.name = name
+        self.typeflag = typeflag
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.atime_ns: int | None = None
+        self.ctime_ns: int | None = None
+        self.xattrs: dict[bytes, bytes] = {}
 
 
 class TarReader:
