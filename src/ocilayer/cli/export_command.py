@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -256,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.finish()
     if args.json:
+        import json  # loaded only for --json
+
         print(json.dumps(descriptor.to_json(), indent=2))
     return EXIT_OK
 
@@ -287,5 +288,7 @@ def _run_windows(args: argparse.Namespace, compression: Compression) -> int:
                 raw, args.layer, compression=compression, level=args.level, threads=args.threads
             )
     if args.json:
+        import json  # loaded only for --json
+
         print(json.dumps(descriptor.to_json(), indent=2))
     return EXIT_OK
