@@ -24,7 +24,7 @@ DEBIAN_GOPATH = "/usr/share/gocode"
 
 
 WORKING_TREE = "worktree"
-# What pip's `ocilayer` console script runs (its entry point in pyproject.toml).
+# The call that pip's `ocilayer` console script makes (the entry point in pyproject.toml).
 _SCRIPT = "import sys; from ocilayer.cli import entry_point; sys.exit(entry_point())"
 
 
