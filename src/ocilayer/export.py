@@ -131,7 +131,7 @@ def write_layer(
 def _abandon(compressor: BinaryIO) -> None:
     """Stop a compressor after a failure; what it writes then is discarded with the output."""
     # NOTE: close() compresses what is still buffered, so a cancelled export at a high
-    # zstd level with one thread can take seconds to stop (10 s seen at level 19).
+    # zstd level with one thread can take seconds to stop (10 s measured at level 19).
     try:
         compressor.close()
     except Exception as error:  # the original error matters more

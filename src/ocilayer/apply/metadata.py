@@ -204,9 +204,10 @@ def _chown_at(name: bytes, dir_fd: int, uid: int, gid: int) -> None:
 
 def checked_ids(entry: Entry) -> tuple[int, int]:
     uid, gid = entry.uid, entry.gid
-    if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
-        label, value = ("uid", uid) if not 0 <= uid <= MAX_ID else ("gid", gid)
-        raise ValueError(f"{label} {value} is out of range (0 to {MAX_ID})")
+    if not 0 <= uid <= MAX_ID:
+        raise ValueError(f"uid {uid} is out of range (0 to {MAX_ID})")
+    if not 0 <= gid <= MAX_ID:
+        raise ValueError(f"gid {gid} is out of range (0 to {MAX_ID})")
     return uid, gid
 
 

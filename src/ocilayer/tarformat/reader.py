@@ -41,7 +41,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-from ocilayer.entry import ChangeKind, Entry, FileType
+from ocilayer.entry import ChangeKind, Entry, FileType, new_entry
 from ocilayer.errors import TarFormatError, UnsafePathError
 from ocilayer.tarformat.encoder import byte_sum
 
@@ -61,7 +61,6 @@ _MAX_SHOWN = 200
 _MAX_SHOWN_NUMBER = 24
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
-_new_entry = tuple.__new__
 # The header fields, name to prefix, as struct unpacks them (typeflag is one byte).
 _USTAR_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
 # The checksum is computed with its own eight bytes taken as spaces.
@@ -362,7 +361,7 @@ class TarReader:
             self._pending_skip = -header.size % BLOCK_SIZE
             opener = content.claim
         # Every field in Entry's order, which skips the keyword constructor's cost.
-        return _new_entry(Entry, (
+        return new_entry(Entry, (
             path, kind, file_type, header.mode & 0o7777, header.uid, header.gid,
             header.mtime_ns, header.atime_ns, header.ctime_ns, size, linkname,
             header.devmajor, header.devminor, header.xattrs, None, 1, None, opener, None, None,
