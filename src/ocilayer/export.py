@@ -19,6 +19,7 @@ from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError
 from ocilayer.progress import Progress
 from ocilayer.sources.overlay import OverlaySource, looks_like_upper
+from ocilayer.sources.packed import PackedEntries, packed_changes
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
 from ocilayer.xattrs import XattrPolicy
@@ -105,12 +106,21 @@ def write_layer(
         blob = HashingWriter(writer)
         compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
         tar = HashingWriter(compressor)
-    tar_writer = LayerTarWriter(tar, reader.lookup, options or RecipeOptions())  # type: ignore[arg-type]
+    options = options or RecipeOptions()
+    tar_writer = LayerTarWriter(tar, reader.lookup, options)  # type: ignore[arg-type]
+    items: Iterable[Entry | PackedEntries] | None = packed_changes(
+        reader, options.source_date_epoch, options.keep_nanoseconds
+    )
+    if items is None:
+        items = reader.changes()
     try:
-        for entry in reader.changes():
+        for item in items:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("export cancelled")
-            tar_writer.add(entry)
+            if isinstance(item, PackedEntries):
+                tar_writer.add_packed(item)
+            else:
+                tar_writer.add(item)
             if progress is not None:
                 progress.update(tar_writer.entries_written, tar_writer.size)
         tar_writer.close()

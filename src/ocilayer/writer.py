@@ -25,6 +25,7 @@ from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import LayerError, OutputError
+from ocilayer.sources.packed import PackedEntries
 from ocilayer.sources.snapshot import open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ocilayer.tarformat.encoder import (
@@ -179,6 +180,13 @@ class LayerTarWriter:
         else:
             self._emit(block)
         return True
+
+    def add_packed(self, packed: PackedEntries) -> None:
+        """Write entries that the C packer finished, all of them additions with no parents."""
+        if packed.directory is not None:
+            self._written_dirs.add(packed.directory)
+        self.entries_written += packed.entries
+        self._emit(packed.data)
 
     def add_raw(self, header: TarHeader, data: bytes = b"") -> None:
         """Write a prepared header and its data, with no recipe applied."""

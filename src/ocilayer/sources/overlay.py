@@ -27,10 +27,10 @@ from collections.abc import Generator, Iterable, Iterator
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError
 from ocilayer.sources.snapshot import (
-    _check_name,
     _directory,
     _inside,
     check_included,
+    check_name,
     diff_walks,
     entry_from_node,
     included_paths,
@@ -194,7 +194,7 @@ class OverlaySource:
                     continue
                 if name.startswith(WHITEOUT_META_PREFIX) and not prefix:
                     continue
-                _check_name(node)
+                check_name(node)
                 lower = None if below_opaque else self.lower_node(node.path)
                 if not stat.S_ISDIR(st.st_mode):
                     yield from self._file_change(node, lower)
@@ -303,7 +303,7 @@ class OverlaySource:
                     "renamed directory, which ocilayer cannot follow; export the mounted "
                     "view with --source snapshot instead"
                 )
-        return _check_name(node)
+        return check_name(node)
 
 
 def _with_source(entry: Entry, source: bytes) -> Entry:

@@ -237,7 +237,7 @@ def _path_xattrs(full: bytes, file_type: FileType, policy: XattrPolicy) -> Mappi
     return read_xattrs(full, policy)
 
 
-def _check_name(node: Node) -> Node:
+def check_name(node: Node) -> Node:
     name = node.path[node.path.rfind(b"/") + 1 :]
     if name.startswith(WHITEOUT_PREFIX):
         raise LayerError(
@@ -274,7 +274,7 @@ class SnapshotSource:
 
     def changes(self) -> Iterator[Entry]:
         """Yield the changes of the layer as entries, in walk order."""
-        upper = (_check_name(node) for node in walk_tree(self.root))
+        upper = (check_name(node) for node in walk_tree(self.root))
         if self.parents:
             changes: Iterable[Change] = diff_walks(walk_union(self.parents), upper)
         else:

@@ -1,0 +1,556 @@
+/*
+ * ocilayer._packer: the per-entry loop of a base layer export, in C.
+ *
+ * A DirPacker walks the children of one directory in byte order of their names and
+ * writes the tar entries of the common ones itself: a regular file with one link,
+ * a directory or a symlink, with no xattrs, a USTAR-sized header and whole-second
+ * mtime. Its iterator yields
+ *
+ *   (PACKED, data, count, name)  `count` finished tar entries (headers, data and
+ *                                padding). `name` is None, or the name of the
+ *                                directory whose header ends `data` and which the
+ *                                caller walks next.
+ *   (UNUSUAL, name)              a child the caller writes itself (and walks into if
+ *                                it is a directory): any other type, a hardlink,
+ *                                xattrs, a long or non-ASCII name, a file that
+ *                                changed while it was read, any error.
+ *
+ * The bytes are those of the Python writer for the same entry (encode_plain_ustar:
+ * Go's archive/tar USTAR layout, empty user and group names, devmajor and devminor
+ * written as 0000000). The tests compare both writers on the same trees. The walk
+ * runs with the GIL released, so compression threads keep running.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define BLOCK 512
+#define NAME_FIELD 100
+/* A PACKED item is returned once it holds this many bytes. */
+#define RUN_TARGET (1 << 20)
+#define FIRST_CAPACITY (1 << 16)
+/* Larger files go through the Python writer, which copies them around their holes. */
+#define MAX_PACKED_FILE (1 << 20)
+#define OCTAL_7_MAX ((1LL << 21) - 1)
+#define OCTAL_11_MAX ((1LL << 33) - 1)
+
+enum { ITEM_PACKED = 0, ITEM_UNUSUAL = 1 };
+enum { CHILD_PACKED, CHILD_DIRECTORY, CHILD_UNUSUAL };
+
+typedef struct {
+    char *name;
+    size_t length;
+} Child;
+
+typedef struct {
+    PyObject_HEAD
+    int dirfd;
+    PyObject *directory; /* bytes: the directory's path, for listxattr */
+    PyObject *prefix;    /* bytes: its path inside the layer, "" or ending in "/" */
+    Child *children;
+    size_t count;
+    size_t next;
+    int prefix_ascii;
+    int check_xattrs;
+    int keep_nanoseconds;
+    int has_epoch;
+    long long epoch;
+    char *buffer;
+    size_t length;
+    size_t capacity;
+    Py_ssize_t entries;
+    /* The child that ended the current run: a directory to walk, or an unusual child. */
+    int pending_kind;
+    size_t pending_child;
+} DirPacker;
+
+static int
+compare_children(const void *left, const void *right)
+{
+    const Child *a = left, *b = right;
+    size_t common = a->length < b->length ? a->length : b->length;
+    int order = memcmp(a->name, b->name, common);
+    if (order != 0)
+        return order;
+    return (a->length > b->length) - (a->length < b->length);
+}
+
+static void
+free_children(DirPacker *self)
+{
+    for (size_t i = 0; i < self->count; i++)
+        free(self->children[i].name);
+    free(self->children);
+    self->children = NULL;
+    self->count = 0;
+}
+
+/* Read the names of the directory open at `dirfd` and sort them; -1 with errno set. */
+static int
+scan_directory(DirPacker *self)
+{
+    int fd = fcntl(self->dirfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    DIR *dir = fdopendir(fd);
+    if (dir == NULL) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    size_t capacity = 0;
+    struct dirent *item;
+    for (;;) {
+        errno = 0;
+        item = readdir(dir);
+        if (item == NULL)
+            break;
+        const char *name = item->d_name;
+        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
+            continue;
+        if (self->count == capacity) {
+            size_t grown = capacity ? capacity * 2 : 64;
+            Child *children = realloc(self->children, grown * sizeof(Child));
+            if (children == NULL)
+                goto failed;
+            self->children = children;
+            capacity = grown;
+        }
+        size_t length = strlen(name);
+        char *copy = malloc(length + 1);
+        if (copy == NULL)
+            goto failed;
+        memcpy(copy, name, length + 1);
+        self->children[self->count].name = copy;
+        self->children[self->count].length = length;
+        self->count++;
+    }
+    if (errno != 0)
+        goto failed;
+    closedir(dir);
+    if (self->count > 1)
+        qsort(self->children, self->count, sizeof(Child), compare_children);
+    return 0;
+
+failed: {
+    int saved = errno ? errno : ENOMEM;
+    closedir(dir);
+    errno = saved;
+    return -1;
+}
+}
+
+static int
+reserve(DirPacker *self, size_t extra)
+{
+    if (self->length + extra <= self->capacity)
+        return 0;
+    size_t wanted = self->capacity ? self->capacity : FIRST_CAPACITY;
+    while (wanted < self->length + extra)
+        wanted *= 2;
+    char *buffer = realloc(self->buffer, wanted);
+    if (buffer == NULL)
+        return -1;
+    self->buffer = buffer;
+    self->capacity = wanted;
+    return 0;
+}
+
+static void
+put_octal(char *field, int width, unsigned long long value)
+{
+    /* width - 1 zero-padded digits, then NUL; the caller checked that the value fits. */
+    field[width - 1] = 0;
+    for (int i = width - 2; i >= 0; i--) {
+        field[i] = (char)('0' + (value & 7));
+        value >>= 3;
+    }
+}
+
+static int
+is_ascii(const char *text, size_t length)
+{
+    for (size_t i = 0; i < length; i++)
+        if ((unsigned char)text[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* Append a USTAR header at the end of the buffer; the caller reserved the space. */
+static void
+put_header(DirPacker *self, const char *prefix, size_t prefix_length, const Child *child,
+           int directory, char typeflag, const struct stat *st, unsigned long long size,
+           long long mtime, const char *linkname, size_t link_length)
+{
+    char *block = self->buffer + self->length;
+    memset(block, 0, BLOCK);
+    memcpy(block, prefix, prefix_length);
+    memcpy(block + prefix_length, child->name, child->length);
+    if (directory)
+        block[prefix_length + child->length] = '/';
+    put_octal(block + 100, 8, st->st_mode & 07777);
+    put_octal(block + 108, 8, st->st_uid);
+    put_octal(block + 116, 8, st->st_gid);
+    put_octal(block + 124, 12, size);
+    put_octal(block + 136, 12, (unsigned long long)mtime);
+    block[156] = typeflag;
+    memcpy(block + 157, linkname, link_length);
+    memcpy(block + 257, "ustar\0" "00", 8);
+    put_octal(block + 329, 8, 0);
+    put_octal(block + 337, 8, 0);
+    memset(block + 148, ' ', 8);
+    unsigned int sum = 0;
+    for (int i = 0; i < BLOCK; i++)
+        sum += (unsigned char)block[i];
+    /* Six octal digits, NUL, space. */
+    put_octal(block + 148, 7, sum);
+    block[155] = ' ';
+    self->length += BLOCK;
+}
+
+/* Whether the path has xattrs, or 1 when that cannot be told (the caller decides). */
+static int
+has_xattrs_at(DirPacker *self, const Child *child, int fd)
+{
+    ssize_t size;
+    if (fd >= 0) {
+        size = flistxattr(fd, NULL, 0);
+    } else {
+        char path[PATH_MAX];
+        const char *directory = PyBytes_AS_STRING(self->directory);
+        int written = snprintf(path, sizeof path, "%s/%s", directory, child->name);
+        if (written < 0 || (size_t)written >= sizeof path)
+            return 1;
+        size = llistxattr(path, NULL, 0);
+    }
+    if (size == 0)
+        return 0;
+    if (size < 0 && (errno == ENOTSUP || errno == ENODATA))
+        return 0;
+    return 1;
+}
+
+/* Append a regular file's data and padding; -1 when the Python writer should take it. */
+static int
+put_file_data(DirPacker *self, const Child *child, const struct stat *st)
+{
+    int fd = openat(self->dirfd, child->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return -1;
+    struct stat opened;
+    size_t size = (size_t)st->st_size;
+    if (fstat(fd, &opened) != 0 || !S_ISREG(opened.st_mode)
+        || (self->check_xattrs && has_xattrs_at(self, child, fd))
+        || reserve(self, size + 1 + BLOCK) != 0) {
+        close(fd);
+        return -1;
+    }
+    /* Blocking again, as for any regular file; a byte past `size` shows that it grew. */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0)
+        fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    char *data = self->buffer + self->length;
+    size_t done = 0;
+    while (done < size + 1) {
+        ssize_t got = read(fd, data + done, size + 1 - done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            if (got < 0)
+                done = size + 2; /* a read error: let the Python writer report it */
+            break;
+        }
+        done += (size_t)got;
+    }
+    close(fd);
+    if (done != size)
+        return -1;
+    size_t padding = (BLOCK - size % BLOCK) % BLOCK;
+    memset(data + size, 0, padding);
+    self->length += size + padding;
+    return 0;
+}
+
+/* Write the entry of one child, or leave the buffer as it was and return CHILD_UNUSUAL. */
+static int
+pack_child(DirPacker *self, const char *prefix, size_t prefix_length, const Child *child)
+{
+    struct stat st;
+    if (child->length >= 4 && memcmp(child->name, ".wh.", 4) == 0)
+        return CHILD_UNUSUAL; /* the Python walk rejects it with its message */
+    if (fstatat(self->dirfd, child->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return CHILD_UNUSUAL;
+    int directory = S_ISDIR(st.st_mode);
+    char typeflag;
+    if (directory)
+        typeflag = '5';
+    else if (st.st_nlink != 1)
+        return CHILD_UNUSUAL; /* a hardlink group, symlinks included */
+    else if (S_ISREG(st.st_mode))
+        typeflag = '0';
+    else if (S_ISLNK(st.st_mode))
+        typeflag = '2';
+    else
+        return CHILD_UNUSUAL;
+
+    size_t name_length = prefix_length + child->length + (size_t)directory;
+    if (name_length > NAME_FIELD || !self->prefix_ascii
+        || !is_ascii(child->name, child->length))
+        return CHILD_UNUSUAL;
+    if ((long long)st.st_uid > OCTAL_7_MAX || (long long)st.st_gid > OCTAL_7_MAX)
+        return CHILD_UNUSUAL;
+    long long mtime = (long long)st.st_mtim.tv_sec;
+    if (self->keep_nanoseconds && st.st_mtim.tv_nsec != 0)
+        return CHILD_UNUSUAL;
+    if (self->has_epoch && mtime > self->epoch)
+        mtime = self->epoch;
+    if (mtime < 0 || mtime > OCTAL_11_MAX)
+        return CHILD_UNUSUAL;
+    if (typeflag == '0' && st.st_size > MAX_PACKED_FILE)
+        return CHILD_UNUSUAL;
+
+    char linkname[NAME_FIELD + 1];
+    size_t link_length = 0;
+    if (typeflag == '2') {
+        ssize_t got = readlinkat(self->dirfd, child->name, linkname, sizeof linkname);
+        if (got < 0 || got > NAME_FIELD || !is_ascii(linkname, (size_t)got))
+            return CHILD_UNUSUAL;
+        link_length = (size_t)got;
+    }
+    /* A file with data checks its xattrs through its descriptor, in put_file_data. */
+    int through_fd = typeflag == '0' && st.st_size > 0;
+    if (self->check_xattrs && !through_fd && has_xattrs_at(self, child, -1))
+        return CHILD_UNUSUAL;
+    if (reserve(self, BLOCK) != 0)
+        return CHILD_UNUSUAL;
+
+    size_t start = self->length;
+    unsigned long long size = typeflag == '0' ? (unsigned long long)st.st_size : 0;
+    put_header(self, prefix, prefix_length, child, directory, typeflag, &st, size, mtime,
+               linkname, link_length);
+    if (through_fd && put_file_data(self, child, &st) != 0) {
+        self->length = start;
+        return CHILD_UNUSUAL;
+    }
+    self->entries++;
+    return directory ? CHILD_DIRECTORY : CHILD_PACKED;
+}
+
+static PyObject *
+child_name(DirPacker *self, size_t index)
+{
+    const Child *child = &self->children[index];
+    return PyBytes_FromStringAndSize(child->name, (Py_ssize_t)child->length);
+}
+
+/* Open the directory again after the caller walked a subdirectory; -1 with errno set. */
+static int
+reopen_directory(DirPacker *self)
+{
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open(PyBytes_AS_STRING(self->directory), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->directory);
+        return -1;
+    }
+    self->dirfd = fd;
+    return 0;
+}
+
+/* Hold no descriptor and no buffer while the caller walks a subdirectory, so that a
+   deep tree costs neither per level. The next item opens the directory again. */
+static void
+pause_packer(DirPacker *self)
+{
+    if (self->dirfd >= 0) {
+        close(self->dirfd);
+        self->dirfd = -1;
+    }
+    free(self->buffer);
+    self->buffer = NULL;
+    self->capacity = 0;
+}
+
+static PyObject *
+DirPacker_pause(DirPacker *self, PyObject *Py_UNUSED(ignored))
+{
+    pause_packer(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+DirPacker_next(DirPacker *self)
+{
+    if (self->pending_kind == ITEM_UNUSUAL) {
+        self->pending_kind = -1;
+        return Py_BuildValue("(iN)", ITEM_UNUSUAL, child_name(self, self->pending_child));
+    }
+    if (self->next >= self->count)
+        return NULL; /* StopIteration */
+    if (self->dirfd < 0 && reopen_directory(self) != 0)
+        return NULL;
+    const char *prefix = PyBytes_AS_STRING(self->prefix);
+    size_t prefix_length = (size_t)PyBytes_GET_SIZE(self->prefix);
+
+    int result = CHILD_PACKED;
+    size_t index = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (self->next < self->count && self->length < RUN_TARGET) {
+        index = self->next++;
+        result = pack_child(self, prefix, prefix_length, &self->children[index]);
+        if (result != CHILD_PACKED)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+
+    if (result == CHILD_UNUSUAL) {
+        if (self->length == 0)
+            return Py_BuildValue("(iN)", ITEM_UNUSUAL, child_name(self, index));
+        self->pending_kind = ITEM_UNUSUAL;
+        self->pending_child = index;
+    }
+    PyObject *descend = Py_None;
+    Py_INCREF(descend);
+    if (result == CHILD_DIRECTORY) {
+        Py_DECREF(descend);
+        descend = child_name(self, index);
+        if (descend == NULL)
+            return NULL;
+    }
+    PyObject *item = Py_BuildValue("(iy#nN)", ITEM_PACKED, self->buffer,
+                                   (Py_ssize_t)self->length, self->entries, descend);
+    self->length = 0;
+    self->entries = 0;
+    if (result == CHILD_DIRECTORY)
+        pause_packer(self);
+    return item;
+}
+
+static int
+DirPacker_init(DirPacker *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"directory", "prefix", "check_xattrs", "keep_nanoseconds",
+                               "source_date_epoch", NULL};
+    PyObject *directory, *prefix, *epoch = Py_None;
+    int check_xattrs, keep_nanoseconds;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!pp|O", keywords, &PyBytes_Type,
+                                     &directory, &PyBytes_Type, &prefix, &check_xattrs,
+                                     &keep_nanoseconds, &epoch))
+        return -1;
+    if (self->dirfd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "DirPacker is already initialised");
+        return -1;
+    }
+    if (epoch != Py_None) {
+        self->epoch = PyLong_AsLongLong(epoch);
+        if (self->epoch == -1 && PyErr_Occurred())
+            return -1;
+        self->has_epoch = 1;
+    }
+    Py_INCREF(directory);
+    self->directory = directory;
+    Py_INCREF(prefix);
+    self->prefix = prefix;
+    self->prefix_ascii = is_ascii(PyBytes_AS_STRING(prefix), (size_t)PyBytes_GET_SIZE(prefix));
+    self->check_xattrs = check_xattrs;
+    self->keep_nanoseconds = keep_nanoseconds;
+
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    self->dirfd = open(PyBytes_AS_STRING(directory), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    failed = self->dirfd < 0 || scan_directory(self) != 0;
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, directory);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+DirPacker_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    DirPacker *self = (DirPacker *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->dirfd = -1;
+        self->pending_kind = -1;
+    }
+    return (PyObject *)self;
+}
+
+static void
+DirPacker_dealloc(DirPacker *self)
+{
+    if (self->dirfd >= 0)
+        close(self->dirfd);
+    free_children(self);
+    free(self->buffer);
+    Py_XDECREF(self->directory);
+    Py_XDECREF(self->prefix);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef DirPacker_methods[] = {
+    {"pause", (PyCFunction)DirPacker_pause, METH_NOARGS,
+     PyDoc_STR("Close the directory and free the buffer until the next item.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DirPackerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ocilayer._packer.DirPacker",
+    .tp_doc = PyDoc_STR("DirPacker(directory, prefix, check_xattrs, keep_nanoseconds, "
+                        "source_date_epoch=None)\n\n"
+                        "Iterate over the tar entries of one directory's children."),
+    .tp_basicsize = sizeof(DirPacker),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = DirPacker_new,
+    .tp_init = (initproc)DirPacker_init,
+    .tp_dealloc = (destructor)DirPacker_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)DirPacker_next,
+    .tp_methods = DirPacker_methods,
+};
+
+static struct PyModuleDef packer_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ocilayer._packer",
+    .m_doc = PyDoc_STR("The per-entry loop of a base layer export, in C."),
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__packer(void)
+{
+    if (PyType_Ready(&DirPackerType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&packer_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(module, "PACKED", ITEM_PACKED) < 0
+        || PyModule_AddIntConstant(module, "UNUSUAL", ITEM_UNUSUAL) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&DirPackerType);
+    if (PyModule_AddObject(module, "DirPacker", (PyObject *)&DirPackerType) < 0) {
+        Py_DECREF(&DirPackerType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
