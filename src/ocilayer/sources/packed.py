@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError
+from ocilayer.readahead import read_ahead
 from ocilayer.sources.snapshot import SnapshotSource, check_name, entry_from_node
 from ocilayer.sources.union import Node
 from ocilayer.xattrs import XattrPolicy
@@ -62,7 +63,9 @@ def packed_changes(
     packer = load_packer()
     if packer is None:
         return None
-    return _walk(source, packer, source_date_epoch, keep_nanoseconds)
+    # The packer releases the GIL while it walks, so a worker thread walks while this
+    # thread hashes and writes the previous run.
+    return read_ahead(_walk(source, packer, source_date_epoch, keep_nanoseconds))
 
 
 def _walk(
