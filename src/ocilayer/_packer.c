@@ -6,14 +6,19 @@
  * a directory or a symlink, with no xattrs, a USTAR-sized header and whole-second
  * mtime. Its iterator yields
  *
- *   (PACKED, data, count, name)  `count` finished tar entries (headers, data and
- *                                padding). `name` is None, or the name of the
- *                                directory whose header ends `data` and which the
- *                                caller walks next.
+ *   (PACKED, data, count, name)  finished tar data: `count` headers, file data and
+ *                                padding, about 1 MiB at most. A large file's data
+ *                                runs on over the next PACKED items. `name` is None,
+ *                                or the name of the directory whose header ends
+ *                                `data` and which the caller walks next.
  *   (UNUSUAL, name)              a child the caller writes itself (and walks into if
  *                                it is a directory): any other type, a hardlink,
- *                                xattrs, a long or non-ASCII name, a file that
- *                                changed while it was read, any error.
+ *                                xattrs, a long or non-ASCII name, a sparse file over
+ *                                1 MiB, a file that changed before its first data
+ *                                was returned, any error.
+ *   (FAILED, name, errno, size)  a file whose data was partly returned could not be
+ *                                read to its end: errno 0 means that it is no
+ *                                longer `size` bytes long.
  *
  * The bytes are those of the Python writer for the same entry (encode_plain_ustar:
  * Go's archive/tar USTAR layout, empty user and group names, devmajor and devminor
@@ -40,13 +45,13 @@
 /* A PACKED item is returned once it holds this many bytes. */
 #define RUN_TARGET (1 << 20)
 #define FIRST_CAPACITY (1 << 16)
-/* Larger files go through the Python writer, which copies them around their holes. */
-#define MAX_PACKED_FILE (1 << 20)
 #define OCTAL_7_MAX ((1LL << 21) - 1)
 #define OCTAL_11_MAX ((1LL << 33) - 1)
 
-enum { ITEM_PACKED = 0, ITEM_UNUSUAL = 1 };
+enum { ITEM_PACKED = 0, ITEM_UNUSUAL = 1, ITEM_FAILED = 2 };
 enum { CHILD_PACKED, CHILD_DIRECTORY, CHILD_UNUSUAL };
+/* Why a run of packing stopped. */
+enum { STOP_FULL, STOP_END, STOP_DIRECTORY, STOP_UNUSUAL, STOP_FAILED };
 
 typedef struct {
     char *name;
@@ -70,9 +75,18 @@ typedef struct {
     size_t length;
     size_t capacity;
     Py_ssize_t entries;
-    /* The child that ended the current run: a directory to walk, or an unusual child. */
+    /* The unusual or failed child that ended the run returned before it. */
     int pending_kind;
     size_t pending_child;
+    int pending_errno;
+    /* The regular file whose data is being copied, or -1. */
+    int file_fd;
+    size_t file_child;
+    unsigned long long file_size;
+    unsigned long long file_left;
+    /* Offset of its header when the header is in the buffer, which is not yet returned. */
+    size_t file_header;
+    int file_header_buffered;
 } DirPacker;
 
 static int
@@ -242,44 +256,69 @@ has_xattrs_at(DirPacker *self, const Child *child, int fd)
     return 1;
 }
 
-/* Append a regular file's data and padding; -1 when the Python writer should take it. */
+/* Open a regular file for copying, as the Python reader opens it; -1 when the Python
+   writer should take it. */
 static int
-put_file_data(DirPacker *self, const Child *child, const struct stat *st)
+open_file(DirPacker *self, const Child *child, const struct stat *st)
 {
     int fd = openat(self->dirfd, child->name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return -1;
     struct stat opened;
-    size_t size = (size_t)st->st_size;
     if (fstat(fd, &opened) != 0 || !S_ISREG(opened.st_mode)
-        || (self->check_xattrs && has_xattrs_at(self, child, fd))
-        || reserve(self, size + 1 + BLOCK) != 0) {
+        || (self->check_xattrs && has_xattrs_at(self, child, fd))) {
         close(fd);
         return -1;
     }
-    /* Blocking again, as for any regular file; a byte past `size` shows that it grew. */
+    /* Blocking again, as for any regular file. O_NONBLOCK only kept a FIFO swapped in
+       since the fstatat from blocking the open. */
     int flags = fcntl(fd, F_GETFL);
     if (flags >= 0)
         fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    char *data = self->buffer + self->length;
-    size_t done = 0;
-    while (done < size + 1) {
-        ssize_t got = read(fd, data + done, size + 1 - done);
+    self->file_fd = fd;
+    self->file_size = (unsigned long long)st->st_size;
+    self->file_left = self->file_size;
+    return 0;
+}
+
+static void
+close_file(DirPacker *self)
+{
+    if (self->file_fd >= 0) {
+        close(self->file_fd);
+        self->file_fd = -1;
+    }
+}
+
+/* Copy the open file's data until it ends (0) or the buffer is full (1); -1 with
+   errno set (0 when the file changed size) when it cannot be read to its end. */
+static int
+copy_file(DirPacker *self)
+{
+    while (self->file_left > 0) {
+        if (self->length >= RUN_TARGET)
+            return 1;
+        size_t want = self->file_left < RUN_TARGET ? (size_t)self->file_left : RUN_TARGET;
+        /* The last read asks for a byte more: getting it shows that the file grew. */
+        size_t extra = want == self->file_left;
+        if (reserve(self, want + extra + BLOCK) != 0)
+            return -1;
+        ssize_t got = read(self->file_fd, self->buffer + self->length, want + extra);
         if (got < 0 && errno == EINTR)
             continue;
-        if (got <= 0) {
-            if (got < 0)
-                done = size + 2; /* a read error: let the Python writer report it */
-            break;
+        if (got < 0)
+            return -1;
+        if (got == 0 || (unsigned long long)got > self->file_left) {
+            errno = 0;
+            return -1;
         }
-        done += (size_t)got;
+        self->length += (size_t)got;
+        self->file_left -= (unsigned long long)got;
     }
-    close(fd);
-    if (done != size)
-        return -1;
-    size_t padding = (BLOCK - size % BLOCK) % BLOCK;
-    memset(data + size, 0, padding);
-    self->length += size + padding;
+    close_file(self);
+    size_t padding = (BLOCK - self->file_size % BLOCK) % BLOCK;
+    memset(self->buffer + self->length, 0, padding);
+    self->length += padding;
     return 0;
 }
 
@@ -318,7 +357,10 @@ pack_child(DirPacker *self, const char *prefix, size_t prefix_length, const Chil
         mtime = self->epoch;
     if (mtime < 0 || mtime > OCTAL_11_MAX)
         return CHILD_UNUSUAL;
-    if (typeflag == '0' && st.st_size > MAX_PACKED_FILE)
+    /* A sparse file over 1 MiB goes to the Python writer, which skips its holes. */
+    if (typeflag == '0'
+        && (st.st_size > OCTAL_11_MAX
+            || (st.st_size > RUN_TARGET && (long long)st.st_blocks * 512 < st.st_size)))
         return CHILD_UNUSUAL;
 
     char linkname[NAME_FIELD + 1];
@@ -329,21 +371,18 @@ pack_child(DirPacker *self, const char *prefix, size_t prefix_length, const Chil
             return CHILD_UNUSUAL;
         link_length = (size_t)got;
     }
-    /* A file with data checks its xattrs through its descriptor, in put_file_data. */
-    int through_fd = typeflag == '0' && st.st_size > 0;
-    if (self->check_xattrs && !through_fd && has_xattrs_at(self, child, -1))
+    /* A file with data checks its xattrs through its descriptor, in open_file. */
+    int has_data = typeflag == '0' && st.st_size > 0;
+    if (self->check_xattrs && !has_data && has_xattrs_at(self, child, -1))
         return CHILD_UNUSUAL;
-    if (reserve(self, BLOCK) != 0)
+    if (reserve(self, BLOCK) != 0 || (has_data && open_file(self, child, &st) != 0))
         return CHILD_UNUSUAL;
 
-    size_t start = self->length;
+    self->file_header = self->length;
+    self->file_header_buffered = has_data;
     unsigned long long size = typeflag == '0' ? (unsigned long long)st.st_size : 0;
     put_header(self, prefix, prefix_length, child, directory, typeflag, &st, size, mtime,
                linkname, link_length);
-    if (through_fd && put_file_data(self, child, &st) != 0) {
-        self->length = start;
-        return CHILD_UNUSUAL;
-    }
     self->entries++;
     return directory ? CHILD_DIRECTORY : CHILD_PACKED;
 }
@@ -385,6 +424,37 @@ pause_packer(DirPacker *self)
     self->capacity = 0;
 }
 
+/* Pack children into the buffer until it is full or a child stops the run. */
+static int
+pack_run(DirPacker *self, size_t *index)
+{
+    const char *prefix = PyBytes_AS_STRING(self->prefix);
+    size_t prefix_length = (size_t)PyBytes_GET_SIZE(self->prefix);
+    for (;;) {
+        if (self->file_fd >= 0) {
+            int copied = copy_file(self);
+            if (copied > 0)
+                return STOP_FULL;
+            if (copied < 0) {
+                *index = self->file_child;
+                self->pending_errno = errno;
+                return STOP_FAILED;
+            }
+        }
+        if (self->length >= RUN_TARGET)
+            return STOP_FULL;
+        if (self->next >= self->count)
+            return STOP_END;
+        *index = self->next++;
+        self->file_child = *index;
+        int result = pack_child(self, prefix, prefix_length, &self->children[*index]);
+        if (result == CHILD_DIRECTORY)
+            return STOP_DIRECTORY;
+        if (result == CHILD_UNUSUAL)
+            return STOP_UNUSUAL;
+    }
+}
+
 static PyObject *
 DirPacker_pause(DirPacker *self, PyObject *Py_UNUSED(ignored))
 {
@@ -393,39 +463,56 @@ DirPacker_pause(DirPacker *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+pending_item(DirPacker *self)
+{
+    int kind = self->pending_kind;
+    self->pending_kind = -1;
+    PyObject *name = child_name(self, self->pending_child);
+    if (name == NULL)
+        return NULL;
+    if (kind == ITEM_FAILED)
+        return Py_BuildValue("(iNiK)", kind, name, self->pending_errno, self->file_size);
+    return Py_BuildValue("(iN)", kind, name);
+}
+
+static PyObject *
 DirPacker_next(DirPacker *self)
 {
-    if (self->pending_kind == ITEM_UNUSUAL) {
-        self->pending_kind = -1;
-        return Py_BuildValue("(iN)", ITEM_UNUSUAL, child_name(self, self->pending_child));
-    }
-    if (self->next >= self->count)
+    if (self->pending_kind >= 0)
+        return pending_item(self);
+    if (self->next >= self->count && self->file_fd < 0)
         return NULL; /* StopIteration */
     if (self->dirfd < 0 && reopen_directory(self) != 0)
         return NULL;
-    const char *prefix = PyBytes_AS_STRING(self->prefix);
-    size_t prefix_length = (size_t)PyBytes_GET_SIZE(self->prefix);
 
-    int result = CHILD_PACKED;
+    int stop;
     size_t index = 0;
     Py_BEGIN_ALLOW_THREADS
-    while (self->next < self->count && self->length < RUN_TARGET) {
-        index = self->next++;
-        result = pack_child(self, prefix, prefix_length, &self->children[index]);
-        if (result != CHILD_PACKED)
-            break;
-    }
+    stop = pack_run(self, &index);
     Py_END_ALLOW_THREADS
 
-    if (result == CHILD_UNUSUAL) {
-        if (self->length == 0)
-            return Py_BuildValue("(iN)", ITEM_UNUSUAL, child_name(self, index));
+    if (stop == STOP_FAILED) {
+        close_file(self);
+        if (self->file_header_buffered) {
+            /* Nothing of this file was returned yet: the Python writer takes it. */
+            self->length = self->file_header;
+            self->entries--;
+            stop = STOP_UNUSUAL;
+        } else {
+            self->pending_kind = ITEM_FAILED;
+            self->pending_child = index;
+        }
+    }
+    if (stop == STOP_UNUSUAL) {
         self->pending_kind = ITEM_UNUSUAL;
         self->pending_child = index;
     }
+    if (self->length == 0)
+        return self->pending_kind >= 0 ? pending_item(self) : NULL;
+
     PyObject *descend = Py_None;
     Py_INCREF(descend);
-    if (result == CHILD_DIRECTORY) {
+    if (stop == STOP_DIRECTORY) {
         Py_DECREF(descend);
         descend = child_name(self, index);
         if (descend == NULL)
@@ -435,7 +522,8 @@ DirPacker_next(DirPacker *self)
                                    (Py_ssize_t)self->length, self->entries, descend);
     self->length = 0;
     self->entries = 0;
-    if (result == CHILD_DIRECTORY)
+    self->file_header_buffered = 0;
+    if (stop == STOP_DIRECTORY)
         pause_packer(self);
     return item;
 }
@@ -487,6 +575,7 @@ DirPacker_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED
     DirPacker *self = (DirPacker *)type->tp_alloc(type, 0);
     if (self != NULL) {
         self->dirfd = -1;
+        self->file_fd = -1;
         self->pending_kind = -1;
     }
     return (PyObject *)self;
@@ -497,6 +586,7 @@ DirPacker_dealloc(DirPacker *self)
 {
     if (self->dirfd >= 0)
         close(self->dirfd);
+    close_file(self);
     free_children(self);
     free(self->buffer);
     Py_XDECREF(self->directory);
@@ -542,7 +632,8 @@ PyInit__packer(void)
     if (module == NULL)
         return NULL;
     if (PyModule_AddIntConstant(module, "PACKED", ITEM_PACKED) < 0
-        || PyModule_AddIntConstant(module, "UNUSUAL", ITEM_UNUSUAL) < 0) {
+        || PyModule_AddIntConstant(module, "UNUSUAL", ITEM_UNUSUAL) < 0
+        || PyModule_AddIntConstant(module, "FAILED", ITEM_FAILED) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -26,7 +26,7 @@ from typing import BinaryIO, NamedTuple
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import LayerError, OutputError
 from ocilayer.sources.packed import PackedEntries
-from ocilayer.sources.snapshot import open_regular
+from ocilayer.sources.snapshot import changed_size, open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
@@ -351,10 +351,8 @@ class LayerTarWriter:
 
 
 def _changed_size(entry: Entry) -> LayerError:
-    return LayerError(
-        f"{_show(entry)} changed size while it was being read (expected {entry.size} "
-        "bytes); export from a layer that is not in use"
-    )
+    where = entry.source_path if entry.source_path is not None else entry.path
+    return changed_size(where, entry.size)
 
 
 def _encode(header: TarHeader) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError
 from ocilayer.readahead import read_ahead
-from ocilayer.sources.snapshot import SnapshotSource, check_name, entry_from_node
+from ocilayer.sources.snapshot import SnapshotSource, changed_size, check_name, entry_from_node
 from ocilayer.sources.union import Node
 from ocilayer.xattrs import XattrPolicy
 
@@ -105,9 +105,16 @@ def _walk(
             stack.append((open_directory(full, path + b"/"), full, path + b"/"))
             continue
 
-        # An unusual child: the Python reader builds its entry, with its own checks.
         name = item[1]
         path, full = prefix + name, os.path.join(directory, name)
+        if item[0] == packer.FAILED:
+            # A file whose header and some data were already passed on.
+            if item[2] == 0:
+                raise changed_size(full, item[3])
+            failure = OSError(item[2], os.strerror(item[2]))
+            raise LayerError(f"cannot read {os.fsdecode(full)!r}: {failure}")
+
+        # An unusual child: the Python reader builds its entry, with its own checks.
         try:
             st = os.lstat(full)
         except OSError as error:

@@ -186,11 +186,16 @@ def _read_small(node: Node, size: int, policy: XattrPolicy) -> tuple[bytes, Mapp
     except OSError as error:
         raise LayerError(f"cannot read {os.fsdecode(node.full)!r}: {error}") from error
     if len(data) != size:
-        raise LayerError(
-            f"{os.fsdecode(node.full)!r} changed size while it was being read (expected "
-            f"{size} bytes); export from a layer that is not in use"
-        )
+        raise changed_size(node.full, size)
     return data, xattrs
+
+
+def changed_size(full: bytes, size: int) -> LayerError:
+    """Return the error for a file whose length changed while it was being read."""
+    return LayerError(
+        f"{os.fsdecode(full)!r} changed size while it was being read (expected {size} "
+        "bytes); export from a layer that is not in use"
+    )
 
 
 def entry_from_node(
