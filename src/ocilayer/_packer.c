@@ -298,7 +298,8 @@ copy_file(DirPacker *self)
     while (self->file_left > 0) {
         if (self->length >= RUN_TARGET)
             return 1;
-        size_t want = self->file_left < RUN_TARGET ? (size_t)self->file_left : RUN_TARGET;
+        size_t room = RUN_TARGET - self->length;
+        size_t want = self->file_left < room ? (size_t)self->file_left : room;
         /* The last read asks for a byte more: getting it shows that the file grew. */
         size_t extra = want == self->file_left;
         if (reserve(self, want + extra + BLOCK) != 0)

@@ -17,7 +17,7 @@ T = TypeVar("T")
 _ITEM, _END, _ERROR = range(3)
 
 
-def read_ahead(items: Iterable[T], depth: int = 4) -> Generator[T, None, None]:
+def read_ahead(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """Yield the items of `items`, produced on a worker thread at most `depth` items ahead.
 
     An exception of the producer is raised in the consumer, in order. When the
