@@ -50,15 +50,18 @@ def _files_equal(first: bytes, second: bytes, size: int) -> bool:
         try:
             compared = 0
             while True:
-                # Sized reads: a small file costs no 1 MiB buffer, and the byte past
-                # `size` shows a file that grew.
-                want = max(0, min(size + 1 - compared, _COMPARE_CHUNK))
+                # Sized reads: a small file costs no 1 MiB buffer and one read, and the
+                # byte past `size` shows a file that grew.
+                want = min(size + 1 - compared, _COMPARE_CHUNK)
                 chunk = os.read(first_fd, want)
                 if chunk != os.read(second_fd, want):
                     return False
-                if not chunk:
-                    return compared == size
                 compared += len(chunk)
+                if len(chunk) < want:
+                    # A regular file reads short only at its end.
+                    return compared == size
+                if compared > size:
+                    return False
         finally:
             os.close(second_fd)
     finally:
