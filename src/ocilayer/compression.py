@@ -125,15 +125,68 @@ def open_compressor(
         # The threaded writer is used even with one thread: its block layout, and so its
         # output, does not depend on the thread count.
         writer = igzip_threaded.open(
-            _Unclosable(raw), "wb", compresslevel=_isal_level(level), threads=threads
+            _Unclosable(raw),
+            "wb",
+            compresslevel=_isal_level(level),
+            threads=threads,
+            block_size=_GZIP_BLOCK_SIZE,
         )
-        return cast(BinaryIO, writer)
+        return cast(BinaryIO, _FixedBlocks(writer, _GZIP_BLOCK_SIZE))
     import gzip
 
     return cast(
         BinaryIO,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0, filename=""),
     )
+
+
+# ISA-L's threaded writer compresses each block on its own, with the previous 32 KiB
+# as dictionary.
+_GZIP_BLOCK_SIZE = 1 << 20
+
+
+class _FixedBlocks(io.RawIOBase):
+    """Pass data on to `target` in writes of exactly `size` bytes, the last one shorter.
+
+    The threaded ISA-L writer starts a new deflate block where a write ends when that
+    write does not fill its buffer, so its output depends on how the data was split
+    into writes. Fixed writes make the gzip blob depend on the bytes alone, whichever
+    path wrote the tar.
+    """
+
+    def __init__(self, target: BinaryIO, size: int) -> None:
+        self._target = target
+        self._size = size
+        self._pending = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        pending = self._pending
+        pending += data
+        if len(pending) >= self._size:
+            size, start = self._size, 0
+            with memoryview(pending) as view:
+                while len(pending) - start >= size:
+                    self._target.write(view[start : start + size])
+                    start += size
+            del pending[:start]
+        return len(data)
+
+    def flush(self) -> None:
+        """Keep a partial block: writing it now would change the blob."""
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._pending:
+                self._target.write(self._pending)
+                self._pending = bytearray()
+            self._target.close()
+        finally:
+            super().close()
 
 
 class _Unclosable(io.RawIOBase):

@@ -127,6 +127,11 @@ def write_layer(
         if progress is not None:
             progress.update(tar_writer.entries_written, tar_writer.size)
     except BaseException:
+        # A read-ahead worker stops and closes its directory now, not when the
+        # traceback that references this frame is freed.
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
         if compressor is not None:
             _abandon(compressor)
         raise

@@ -2,8 +2,9 @@
 
 A snapshot with no parent layers and no `include` is one sorted tree walk in which
 every path is an addition. The C packer walks each directory and writes the finished
-tar entries of its common children: regular files with one link up to 1 MiB,
-directories and symlinks, with no xattrs and a USTAR-sized header. Every other child
+tar entries of its common children: regular files with one link (sparse ones only up
+to 1 MiB), directories and symlinks, with no xattrs and a USTAR-sized header. It runs
+on a worker thread, a few runs of about 1 MiB ahead of the writer. Every other child
 becomes an `Entry` here, built as `SnapshotSource.changes` builds it, for the Python
 writer. The tar bytes are the same either way, which the tests check on the same
 trees with and without the packer.
@@ -60,6 +61,8 @@ def packed_changes(
     """
     if not isinstance(source, SnapshotSource) or source.parents or source.include:
         return None
+    if source_date_epoch is not None and not -(1 << 63) <= source_date_epoch < 1 << 63:
+        return None  # the C packer takes a 64-bit epoch
     packer = load_packer()
     if packer is None:
         return None

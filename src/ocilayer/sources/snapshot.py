@@ -223,12 +223,15 @@ def entry_from_node(
     if file_type is FileType.REGULAR:
         if read_ahead and 0 < st.st_size <= READ_AHEAD_SIZE and kind is not ChangeKind.UNMODIFIED:
             content, xattrs = _read_small(node, st.st_size, policy)
-    elif file_type is FileType.SYMLINK:
-        linkname = os.readlink(node.full)
     elif file_type is FileType.CHAR or file_type is FileType.BLOCK:
         devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    if xattrs is None:
-        xattrs = _path_xattrs(node.full, file_type, policy)
+    try:
+        if file_type is FileType.SYMLINK:
+            linkname = os.readlink(node.full)
+        if xattrs is None:
+            xattrs = _path_xattrs(node.full, file_type, policy)
+    except OSError as error:
+        raise LayerError(f"cannot read {os.fsdecode(node.full)!r}: {error}") from error
     regular = file_type is FileType.REGULAR
     # Every field in Entry's order, because this runs once per path of the layer.
     return new_entry(Entry, (
