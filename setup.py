@@ -1,13 +1,14 @@
-"""Build the optional C packer; without a compiler ocilayer installs and runs without it."""
+"""Build the optional C extensions; without a compiler ocilayer installs and runs without them.
+
+`ocilayer._packer` writes the common entries of a base layer export, and
+`ocilayer._filerun` creates runs of plain files and symlinks when a layer is applied.
+"""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension(
-            "ocilayer._packer",
-            sources=["src/ocilayer/_packer.c"],
-            optional=True,
-        )
+        Extension("ocilayer._packer", sources=["src/ocilayer/_packer.c"], optional=True),
+        Extension("ocilayer._filerun", sources=["src/ocilayer/_filerun.c"], optional=True),
     ]
 )

@@ -130,8 +130,12 @@ class Workspace:
         return f'if [ -e {quoted} ]; then mv {quoted} {trash}/"$(date +%s%N)"; fi; mkdir {quoted}'
 
 
-def export_group(ws: Workspace, name: str, title: str, tree: Path) -> Group:
-    """Uncompressed export of `tree` to a file: ocilayer, GNU tar, bsdtar."""
+# Runs ocilayer without its C extensions, for a row that shows what they bring.
+PURE_PYTHON = "OCILAYER_PURE_PYTHON=1"
+
+
+def export_group(ws: Workspace, name: str, title: str, tree: Path, pure: bool = True) -> Group:
+    """Uncompressed export of `tree` to a file: ocilayer (also in pure Python), GNU tar, bsdtar."""
     source = shlex.quote(str(tree))
     outputs = {tool: ws.out / f"{name}-{tool}.tar" for tool in ("ocilayer", "gnutar", "bsdtar")}
     commands = [
@@ -144,6 +148,13 @@ def export_group(ws: Workspace, name: str, title: str, tree: Path) -> Group:
         Comparison("ocilayer export", "GNU tar -cf", target=1.0),
         Comparison("ocilayer export", "bsdtar -cf"),
     ]
+    if pure:
+        commands.append(Command(
+            "ocilayer export, pure Python",
+            f"{PURE_PYTHON} {ws.ocilayer} export {source} -o {outputs['ocilayer']}",
+            outputs["ocilayer"],
+        ))  # fmt: skip
+        comparisons.append(Comparison("ocilayer export, pure Python", "GNU tar -cf"))
     return Group(name, title, commands, comparisons)
 
 
@@ -268,7 +279,16 @@ def apply_group(ws: Workspace, name: str, title: str, tree: Path) -> Group:
         Command("bsdtar -xf", f"bsdtar -xf {quoted} -C {targets['bsdtar']}",
                 prepare=ws.fresh_dir_prepare(targets["bsdtar"])),
     ]  # fmt: skip
-    comparisons = [Comparison(label, "GNU tar -xf", 1.0), Comparison(label, "bsdtar -xf")]
+    pure_label = f"{label}, pure Python"
+    commands.append(Command(
+        pure_label, f"{PURE_PYTHON} {apply_command} {quoted} {targets['ocilayer']}",
+        prepare=ws.fresh_dir_prepare(targets["ocilayer"]),
+    ))  # fmt: skip
+    comparisons = [
+        Comparison(label, "GNU tar -xf", 1.0),
+        Comparison(label, "bsdtar -xf"),
+        Comparison(pure_label, "GNU tar -xf"),
+    ]
     return Group(name, title, commands, comparisons)
 
 
@@ -298,7 +318,7 @@ def build_groups(ws: Workspace, names: list[str]) -> list[Group]:
         ws, "export-small", "200k files of 0-4 KiB", build_small_tree(ws.work_dir, 200_000)
     )
     builders["export-big"] = lambda: export_group(
-        ws, "export-big", "four 1 GiB files", build_big_tree(ws.work_dir)
+        ws, "export-big", "four 1 GiB files", build_big_tree(ws.work_dir), pure=False
     )
     builders["compress-rootfs"] = lambda: compress_group(ws, base)
     builders["diff-rootfs"] = lambda: diff_group(ws, base, next_tree)

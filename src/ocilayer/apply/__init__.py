@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal, NamedTuple, NoReturn
 
 from ocilayer.apply.applier import Applier, ApplyOptions
 from ocilayer.apply.errors import NEEDS_PRIVILEGES, ApplyError, DiffIdMismatchError, Hint
+from ocilayer.apply.filerun import FileRuns
 from ocilayer.apply.lower import LowerView
 from ocilayer.apply.overlay import OverlayApplier
 from ocilayer.apply.rootfs import RootfsApplier
@@ -142,7 +143,7 @@ def import_layer_from_tar(
         if progress is not None:
             _apply_entries(tar, applier, _reporting(check_cancelled, progress, hashing))
         else:
-            _apply_entries(tar, applier, check_cancelled)
+            _apply_entries(tar, applier, lambda _count: check_cancelled())
         hashing.drain()
         if progress is not None:
             progress.update(progress.entries, hashing.size)
@@ -161,27 +162,36 @@ def import_layer_from_tar(
 
 def _reporting(
     check_cancelled: Callable[[], None], progress: Progress, hashing: HashingReader
-) -> Callable[[], None]:
-    """Wrap the per-entry cancellation check so that it also updates `progress`."""
+) -> Callable[[int], None]:
+    """Wrap the cancellation check so that it also updates `progress`.
+
+    The check runs before each entry, and after each batch of entries created in C
+    with the number of entries in the batch.
+    """
     entries = 0
 
-    def check() -> None:
+    def check(count: int) -> None:
         nonlocal entries
         check_cancelled()
         progress.update(entries, hashing.size)
-        entries += 1
+        entries += count
 
     return check
 
 
-def _apply_entries(tar: TarReader, applier: Applier, check_cancelled: Callable[[], None]) -> None:
+def _apply_entries(tar: TarReader, applier: Applier, check: Callable[[int], None]) -> None:
+    runs = FileRuns.start(applier)
     for entry in tar:
-        check_cancelled()
+        check(1)
         try:
             applier.apply(entry)
         except (UnsafePathError, TarFormatError, ApplyError, OSError, ValueError) as error:
             _raise_with_context(error, tar)
-    check_cancelled()
+        if runs is not None:
+            # Outside the try: a truncated stream found while reading ahead is not an
+            # error of this entry, and is raised as the next header read raises it.
+            runs.follow(tar, entry, check)
+    check(0)
     try:
         applier.finish()
     except OSError as error:

@@ -159,6 +159,31 @@ class _Header:
         self.xattrs: dict[bytes, bytes] = {}
 
 
+class _Pushback:
+    """A stream with bytes read ahead of it put back in front, served before the rest."""
+
+    __slots__ = ("head", "position", "stream")
+
+    def __init__(self, stream: Readable) -> None:
+        self.stream = stream
+        self.head = b""
+        self.position = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        head, start = self.head, self.position
+        if start == len(head):
+            return self.stream.read(size)
+        end = len(head) if size < 0 else start + size
+        if end < len(head):
+            self.position = end
+            return head[start:end]
+        self.head, self.position = b"", 0
+        data = head[start:]
+        if size < 0:
+            return data + self.stream.read()
+        return data + self.stream.read(end - len(head)) if end > len(head) else data
+
+
 class TarReader:
     """Iterate over the entries of a tar stream, reading the stream once, in order.
 
@@ -187,6 +212,33 @@ class TarReader:
             entry = self._to_entry(header)
             if entry is not None:
                 yield entry
+
+    # Read-ahead for callers that take whole entries from the raw bytes
+
+    def read_ahead(self, size: int) -> tuple[bytes, int]:
+        """Finish the current entry and return (data, position): the next bytes of the stream.
+
+        The stream's next bytes are `data[position:]`, at least `size` of them unless
+        the stream ends first. None of them counts as read until `consume` is called.
+        """
+        self._finish_entry()
+        stream = self._stream
+        if not isinstance(stream, _Pushback):
+            stream = self._stream = _Pushback(stream)
+        available = len(stream.head) - stream.position
+        if available < size:
+            # Twice the size, so that the bytes left over are copied once per `size` read.
+            more = stream.stream.read(2 * size)
+            stream.head, stream.position = stream.head[stream.position :] + more, 0
+        return stream.head, stream.position
+
+    def consume(self, count: int) -> None:
+        """Count the first `count` bytes that `read_ahead` returned as read."""
+        stream = self._stream
+        assert isinstance(stream, _Pushback)
+        assert count <= len(stream.head) - stream.position
+        stream.position += count
+        self.offset += count
 
     # Reading raw bytes
 

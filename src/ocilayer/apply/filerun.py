@@ -1,0 +1,106 @@
+"""Runs of new files and symlinks, created by the optional C extension `ocilayer._filerun`.
+
+Most entries of a layer are small regular files and symlinks that follow one
+another in one directory. After the applier has applied an entry,
+`FileRuns.follow` passes the raw tar bytes that come next to `create_files`, which
+creates the following plain files and symlinks of that directory in C (see
+`_filerun.c` for what counts as plain) and stops at the first other entry. The
+applier then goes on from there.
+
+What the C code makes of an entry is what the Python applier makes of it: the
+same system calls in the same order, with the same bookkeeping done here afterwards.
+Because an exclusive create that finds the name taken stops the run, and only
+a whiteout of the layer itself can remove a path the layer created, runs stop for
+good at the layer's first whiteout or opaque marker. The applier then sees every
+later duplicate path.
+
+Without a compiler at install time, or with OCILAYER_PURE_PYTHON set to a non-empty
+value, the applier creates every file itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+from ocilayer.apply.applier import Applier, Origin
+from ocilayer.apply.paths import PATH_MAX, join
+from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
+from ocilayer.errors import OcilayerError
+from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
+
+# A base name in the C code comes from one header field of 100 bytes.
+_MAX_BASE_NAME = 100
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("OCILAYER_PURE_PYTHON"):
+        return None
+    try:
+        return importlib.import_module("ocilayer._filerun")
+    except ImportError:
+        return None
+
+
+class FileRuns:
+    """Create the plain files and symlinks that follow an applied entry in its directory."""
+
+    def __init__(self, applier: Applier, module: ModuleType) -> None:
+        self._applier = applier
+        self._create_files = module.create_files
+        # The largest entry the C code takes. A run reads ahead at least this much, so
+        # that it ends at an entry that the C code does not take, not at the end of
+        # the bytes read.
+        self._largest_entry = BLOCK_SIZE + module.MAX_DATA
+        self._chown = not applier.options.rootless
+        self._stopped = False
+
+    @classmethod
+    def start(cls, applier: Applier) -> FileRuns | None:
+        """Return the runs for `applier`, or None when the C extension is not available."""
+        module = _load()
+        return None if module is None else cls(applier, module)
+
+    def follow(self, tar: TarReader, entry: Entry, check: Callable[[int], None]) -> int:
+        """Create the run that follows `entry`, just applied; return how many entries.
+
+        The run is in the directory `entry` is, or is in when it is not a directory:
+        the directory whose entries a tar lists next. `check(count)` is called after
+        every `count` entries created, at most a read-ahead buffer apart; it raises
+        to stop the run, as the applier's cancellation check does.
+        """
+        if entry.kind is not ChangeKind.ADD:
+            self._stopped = True
+        if self._stopped:
+            return 0
+        applier = self._applier
+        directory = entry.path if entry.type is FileType.DIRECTORY else parent_of(entry.path)
+        try:
+            resolved = applier.resolver.resolve_directory(directory, create=True)
+        except (OSError, OcilayerError):
+            # The next entry in that directory, if there is one, meets the same error
+            # on the Python path, which reports it with that entry's name.
+            return 0
+        assert resolved is not None
+        dir_fd, real = resolved
+        if len(real) + 1 + _MAX_BASE_NAME >= PATH_MAX:
+            return 0  # the applier checks each real path's length; C does not
+
+        created = 0
+        while True:
+            data, position = tar.read_ahead(self._largest_entry)
+            consumed, names, data_bytes = self._create_files(
+                data, position, dir_fd, directory, self._chown
+            )
+            if not names:
+                return created
+            tar.consume(consumed)
+            for name in names:
+                applier.layer_paths[join(real, name)] = Origin.OTHER
+            applier.bytes_written += data_bytes
+            created += len(names)
+            check(len(names))
+            if len(data) - position - consumed >= self._largest_entry:
+                return created  # stopped at an entry it does not take
