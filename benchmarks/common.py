@@ -66,6 +66,7 @@ def ocilayer_at(revision: str, work_dir: Path) -> Ocilayer:
     The dependencies come from the environment running this script.
     """
     if revision == WORKING_TREE:
+        _build_extensions(REPO)
         return _compiled(Ocilayer("working tree", REPO / "src"))
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short=12", f"{revision}^{{commit}}"],
@@ -74,11 +75,34 @@ def ocilayer_at(revision: str, work_dir: Path) -> Ocilayer:
     target = work_dir / "ocilayer" / commit
     if not (target / "src").exists():
         target.mkdir(parents=True, exist_ok=True)
+        # setup.py builds the C extensions (since 3a7f222); it reads pyproject.toml,
+        # which names README.md.
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", commit],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        paths = ["src", *(name for name in _BUILD_FILES if name in listed)]
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, check=True
+            ["git", "-C", str(REPO), "archive", commit, *paths], capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+        _build_extensions(target)
     return _compiled(Ocilayer(f"commit {commit}", target / "src"))
+
+
+_BUILD_FILES = ("setup.py", "pyproject.toml", "README.md")
+
+
+def _build_extensions(root: Path) -> None:
+    """Build the C extensions of the sources in `root` in place, as `pip install` would.
+
+    A revision without setup.py has none, and runs in pure Python.
+    """
+    if (root / "setup.py").exists():
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=root, check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 def _compiled(ocilayer: Ocilayer) -> Ocilayer:

@@ -50,6 +50,7 @@ def describe_machine(work_dir: Path) -> dict[str, str]:
         # Other work on the machine skews timings; the 1-minute load shows whether there was any.
         "load average (1, 5, 15 min)": " ".join(f"{load:.2f}" for load in os.getloadavg()),
         "Python": platform.python_version(),
+        "C compiler (builds the extensions)": _output(["cc", "--version"]),
         "GNU tar": _output(["tar", "--version"]),
         "bsdtar": _output(["bsdtar", "--version"]),
         "pigz": _output(["pigz", "--version"]),
