@@ -29,6 +29,7 @@ from ocilayer import export as export_module
 from ocilayer.digest import Descriptor
 from ocilayer.entry import Entry
 from ocilayer.progress import Progress
+from ocilayer.sources import packed as packed_module
 from ocilayer.sources.overlay import OverlaySource
 from ocilayer.sources.packed import PackedEntries, load_packer, packed_changes
 from ocilayer.sources.snapshot import SnapshotSource
@@ -223,8 +224,143 @@ def test_dirpacker_item_shapes(monkeypatch: pytest.MonkeyPatch, make_tree: MakeT
     assert len(items) == 4
     assert items[0] == (packer.PACKED, by_name[b"a"], 1, None)
     assert items[1] == (packer.UNUSUAL, b"b")
-    assert items[2] == (packer.PACKED, by_name[b"c/"], 1, b"c")
+    inner = os.lstat(tree / "c")
+    assert items[2] == (packer.PACKED, by_name[b"c/"], 1, (b"c", inner.st_dev, inner.st_ino))
     assert items[3] == (packer.PACKED, by_name[b"d"] + by_name[b"e"], 2, None)
+
+
+# Misuse of DirPacker and directories replaced during the walk
+
+
+def test_dirpacker_rejects_second_init(make_tree: MakeTree) -> None:
+    tree = os.fsencode(make_tree("tree", {"a": File(b"a"), "b/c": File(b"c")}))
+    packer = load_packer()
+    assert packer is not None
+    walker = packer.DirPacker(tree, b"", True, False)
+    walker.pause()
+    with pytest.raises(RuntimeError, match="already initialised"):
+        walker.__init__(tree, b"", True, False)
+    # One run: the file `a` and the header of `b/`, which the caller walks next.
+    assert [item[0] for item in walker] == [packer.PACKED]
+
+
+def test_dirpacker_rejects_nul_in_path(make_tree: MakeTree) -> None:
+    tree = os.fsencode(make_tree("tree", {"a": File(b"a")}))
+    packer = load_packer()
+    assert packer is not None
+    with pytest.raises(ValueError, match="null byte"):
+        packer.DirPacker(tree + b"\x00/etc", b"", True, False)
+
+
+def test_dirpacker_rejects_use_from_two_threads(make_tree: MakeTree) -> None:
+    tree = make_tree("tree", {f"f{index:03}": File(bytes(60_000)) for index in range(60)})
+    packer = load_packer()
+    assert packer is not None
+    walker = packer.DirPacker(os.fsencode(tree), b"", True, False)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def pause_repeatedly() -> None:
+        while not stop.is_set():
+            try:
+                walker.pause()
+            except RuntimeError as error:
+                errors.append(error)
+
+    helper = threading.Thread(target=pause_repeatedly)
+    helper.start()
+    try:
+        for _ in walker:
+            pass
+    finally:
+        stop.set()
+        helper.join()
+    # Every refused call names the reason; none crashed the interpreter.
+    assert all("in use by another thread" in str(error) for error in errors)
+
+
+def test_dirpacker_identity_mismatch(make_tree: MakeTree) -> None:
+    tree = make_tree("tree", {"a/x": File(b"x"), "b/y": File(b"y")})
+    packer = load_packer()
+    assert packer is not None
+    other = os.lstat(tree / "b")
+    with pytest.raises(packer.DirectoryChanged, match="replaced"):
+        packer.DirPacker(
+            os.fsencode(tree / "a"), b"a/", True, False, None, (other.st_dev, other.st_ino)
+        )
+
+
+def test_dirpacker_does_not_follow_symlinked_child(make_tree: MakeTree, tmp_path: Path) -> None:
+    tree = make_tree("tree", {"a/x": File(b"x")})
+    identity = os.lstat(tree / "a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"secret")
+    (tree / "a").rename(tmp_path / "moved")
+    (tree / "a").symlink_to(outside)
+    packer = load_packer()
+    assert packer is not None
+    with pytest.raises(OSError):
+        packer.DirPacker(
+            os.fsencode(tree / "a"), b"a/", True, False, None, (identity.st_dev, identity.st_ino)
+        )
+
+
+def test_directory_swapped_after_pause(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A directory replaced by a symlink while a subdirectory is walked stops the export."""
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "inner").write_bytes(b"i")
+    (tree / "a" / "secret").write_bytes(b"in")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"outside the tree")
+    packer = load_packer()
+    assert packer is not None
+    # The walk itself, without the read-ahead thread, so that the swap happens exactly
+    # while a/b is walked.
+    items = packed_module._walk(SnapshotSource(tree), packer, None, False)
+    swapped = False
+    with pytest.raises(LayerError, match="cannot read directory") as raised:
+        for item in items:
+            inside = isinstance(item, PackedEntries) and b"a/b/inner" in item.data
+            if inside and not swapped:
+                # The walk is inside a/b now, and opens a again by its path afterwards.
+                (tree / "a").rename(tmp_path / "moved")
+                (tree / "a").symlink_to(outside)
+                swapped = True
+            assert not (isinstance(item, PackedEntries) and b"outside the tree" in item.data)
+    assert swapped
+    assert repr(os.fsdecode(tree / "a")) in str(raised.value)
+
+
+def test_long_root_same_result(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Children whose full path reaches PATH_MAX fail the same way on both paths."""
+    # The root's path is just short of PATH_MAX (4096), its child's path is not. Both
+    # are made through directory descriptors, because no single path reaches the child.
+    root = tmp_path
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(os.fsencode(root)) < 4040:
+            name = "d" * min(200, 4040 - len(os.fsencode(root)) - 1)
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, root = child, root / name
+        file_fd = os.open("f" * 60, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(file_fd, b"data")
+        os.close(file_fd)
+    finally:
+        os.close(fd)
+    errors = []
+    for pure in (False, True):
+        if pure:
+            monkeypatch.setenv(PURE_PYTHON, "1")
+        with pytest.raises(LayerError) as raised:
+            export_layer_to_tar(io.BytesIO(), root)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]
+    assert "File name too long" in errors[0]
 
 
 # Generated trees and the option matrix

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from layer_helpers import write
-from ocilayer.sources.union import walk_union
+from ocilayer.errors import LayerError
+from ocilayer.sources.union import walk_tree, walk_union
 
 
 def merged(*layers: Path) -> list[str]:
@@ -123,3 +124,33 @@ def test_snapshot_diffed_against_layers_with_whiteouts(tmp_path: Path) -> None:
 
     # etc/a is gone in the merged parents, so the snapshot adds it back.
     assert shorts(data) == ["d etc/", "f etc/a"]
+
+
+def test_walk_tree_stops_at_swapped_directory(tmp_path: Path) -> None:
+    """A directory swapped for a symlink after its lstat is not followed out of the tree."""
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "x").write_bytes(b"in")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"outside")
+    walk = walk_tree(os.fsencode(tree))
+    first = next(walk)
+    assert first.path == b"a"
+    (tree / "a").rename(tmp_path / "moved")
+    (tree / "a").symlink_to(outside)
+    with pytest.raises(LayerError, match="cannot read directory") as raised:
+        next(walk)
+    assert repr(os.fsdecode(tree / "a")) in str(raised.value)
+
+
+def test_walk_tree_stops_at_replaced_directory(tmp_path: Path) -> None:
+    """A directory replaced by another directory after its lstat raises LayerError."""
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    walk = walk_tree(os.fsencode(tree))
+    assert next(walk).path == b"a"
+    (tree / "a").rename(tmp_path / "moved")
+    (tree / "a").mkdir()
+    with pytest.raises(LayerError, match="replaced while it was being read"):
+        next(walk)

@@ -6,11 +6,12 @@
  * a directory or a symlink, with no xattrs, a USTAR-sized header and whole-second
  * mtime. Its iterator yields
  *
- *   (PACKED, data, count, name)  finished tar data: `count` headers, file data and
+ *   (PACKED, data, count, child) finished tar data: `count` headers, file data and
  *                                padding, about 1 MiB at most. A large file's data
- *                                runs on over the next PACKED items. `name` is None,
- *                                or the name of the directory whose header ends
- *                                `data` and which the caller walks next.
+ *                                runs on over the next PACKED items. `child` is
+ *                                None, or (name, st_dev, st_ino) of the directory
+ *                                whose header ends `data` and which the caller walks
+ *                                next, passing that identity to its DirPacker.
  *   (UNUSUAL, name)              a child the caller writes itself (and walks into if
  *                                it is a directory): any other type, a hardlink,
  *                                xattrs, a long or non-ASCII name, a sparse file over
@@ -19,6 +20,12 @@
  *   (FAILED, name, errno, size)  a file whose data was partly returned could not be
  *                                read to its end: errno 0 means that it is no
  *                                longer `size` bytes long.
+ *
+ * A child directory is opened without following a symlink, and it and a directory
+ * opened again after a pause must have the identity (st_dev, st_ino) seen before, so
+ * a directory swapped for a symlink or another directory during the walk raises
+ * DirectoryChanged instead of leading the walk out of the tree. Files are opened
+ * relative to the directory's descriptor.
  *
  * The bytes are those of the Python writer for the same entry (encode_plain_ustar:
  * Go's archive/tar USTAR layout, empty user and group names, devmajor and devminor
@@ -58,9 +65,23 @@ typedef struct {
     size_t length;
 } Child;
 
+/* Raised when a directory is not the one that was listed or walked into. */
+static PyObject *DirectoryChanged;
+
 typedef struct {
     PyObject_HEAD
+    int initialised;
+    /* Set while next() or pause() runs, which release the GIL. */
+    int busy;
     int dirfd;
+    /* The directory's identity, checked when it is opened again after a pause. */
+    dev_t dev;
+    ino_t ino;
+    /* Whether the caller gave the identity: then symlinks are never followed. */
+    int expect_identity;
+    /* The identity of the directory child that ended the last run. */
+    dev_t child_dev;
+    ino_t child_ino;
     PyObject *directory; /* bytes: the directory's path, for listxattr */
     PyObject *prefix;    /* bytes: its path inside the layer, "" or ending in "/" */
     Child *children;
@@ -88,6 +109,8 @@ typedef struct {
     size_t file_header;
     int file_header_buffered;
 } DirPacker;
+
+static int open_directory(DirPacker *self);
 
 static int
 compare_children(const void *left, const void *right)
@@ -345,6 +368,9 @@ pack_child(DirPacker *self, const char *prefix, size_t prefix_length, const Chil
     else
         return CHILD_UNUSUAL;
 
+    /* The Python reader opens children by their full path, which fails at PATH_MAX. */
+    if ((size_t)PyBytes_GET_SIZE(self->directory) + 1 + child->length >= PATH_MAX)
+        return CHILD_UNUSUAL;
     size_t name_length = prefix_length + child->length + (size_t)directory;
     if (name_length > NAME_FIELD || !self->prefix_ascii
         || !is_ascii(child->name, child->length))
@@ -385,7 +411,11 @@ pack_child(DirPacker *self, const char *prefix, size_t prefix_length, const Chil
     put_header(self, prefix, prefix_length, child, directory, typeflag, &st, size, mtime,
                linkname, link_length);
     self->entries++;
-    return directory ? CHILD_DIRECTORY : CHILD_PACKED;
+    if (!directory)
+        return CHILD_PACKED;
+    self->child_dev = st.st_dev;
+    self->child_ino = st.st_ino;
+    return CHILD_DIRECTORY;
 }
 
 static PyObject *
@@ -393,22 +423,6 @@ child_name(DirPacker *self, size_t index)
 {
     const Child *child = &self->children[index];
     return PyBytes_FromStringAndSize(child->name, (Py_ssize_t)child->length);
-}
-
-/* Open the directory again after the caller walked a subdirectory; -1 with errno set. */
-static int
-reopen_directory(DirPacker *self)
-{
-    int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = open(PyBytes_AS_STRING(self->directory), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    Py_END_ALLOW_THREADS
-    if (fd < 0) {
-        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->directory);
-        return -1;
-    }
-    self->dirfd = fd;
-    return 0;
 }
 
 /* Hold no descriptor and no buffer while the caller walks a subdirectory, so that a
@@ -456,9 +470,25 @@ pack_run(DirPacker *self, size_t *index)
     }
 }
 
+static int
+check_not_busy(DirPacker *self)
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "DirPacker is in use by another thread");
+        return -1;
+    }
+    if (!self->initialised) {
+        PyErr_SetString(PyExc_RuntimeError, "DirPacker is not initialised");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 DirPacker_pause(DirPacker *self, PyObject *Py_UNUSED(ignored))
 {
+    if (check_not_busy(self) != 0)
+        return NULL;
     pause_packer(self);
     Py_RETURN_NONE;
 }
@@ -476,14 +506,27 @@ pending_item(DirPacker *self)
     return Py_BuildValue("(iN)", kind, name);
 }
 
+static PyObject *next_item(DirPacker *self);
+
 static PyObject *
 DirPacker_next(DirPacker *self)
+{
+    if (check_not_busy(self) != 0)
+        return NULL;
+    self->busy = 1;
+    PyObject *item = next_item(self);
+    self->busy = 0;
+    return item;
+}
+
+static PyObject *
+next_item(DirPacker *self)
 {
     if (self->pending_kind >= 0)
         return pending_item(self);
     if (self->next >= self->count && self->file_fd < 0)
         return NULL; /* StopIteration */
-    if (self->dirfd < 0 && reopen_directory(self) != 0)
+    if (self->dirfd < 0 && open_directory(self) != 0)
         return NULL;
 
     int stop;
@@ -515,7 +558,9 @@ DirPacker_next(DirPacker *self)
     Py_INCREF(descend);
     if (stop == STOP_DIRECTORY) {
         Py_DECREF(descend);
-        descend = child_name(self, index);
+        descend = Py_BuildValue("(NKK)", child_name(self, index),
+                                (unsigned long long)self->child_dev,
+                                (unsigned long long)self->child_ino);
         if (descend == NULL)
             return NULL;
     }
@@ -529,19 +574,56 @@ DirPacker_next(DirPacker *self)
     return item;
 }
 
+/* Open the directory without following a final symlink when its identity is known,
+   and check that identity; -1 with an exception set. */
+static int
+open_directory(DirPacker *self)
+{
+    int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC | (self->expect_identity ? O_NOFOLLOW : 0);
+    const char *path = PyBytes_AS_STRING(self->directory);
+    struct stat st;
+    int fd, failed;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open(path, flags);
+    failed = fd < 0 || fstat(fd, &st) != 0;
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, self->directory);
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if (self->expect_identity && (st.st_dev != self->dev || st.st_ino != self->ino)) {
+        close(fd);
+        PyErr_SetString(DirectoryChanged,
+                        "it was replaced while it was being read; export from a layer "
+                        "that is not in use");
+        return -1;
+    }
+    self->dev = st.st_dev;
+    self->ino = st.st_ino;
+    self->expect_identity = 1;
+    self->dirfd = fd;
+    return 0;
+}
+
 static int
 DirPacker_init(DirPacker *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"directory", "prefix", "check_xattrs", "keep_nanoseconds",
-                               "source_date_epoch", NULL};
-    PyObject *directory, *prefix, *epoch = Py_None;
+                               "source_date_epoch", "identity", NULL};
+    PyObject *directory, *prefix, *epoch = Py_None, *identity = Py_None;
     int check_xattrs, keep_nanoseconds;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!pp|O", keywords, &PyBytes_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!pp|OO", keywords, &PyBytes_Type,
                                      &directory, &PyBytes_Type, &prefix, &check_xattrs,
-                                     &keep_nanoseconds, &epoch))
+                                     &keep_nanoseconds, &epoch, &identity))
         return -1;
-    if (self->dirfd >= 0) {
+    if (self->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "DirPacker is already initialised");
+        return -1;
+    }
+    if (strlen(PyBytes_AS_STRING(directory)) != (size_t)PyBytes_GET_SIZE(directory)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null byte in the directory path");
         return -1;
     }
     if (epoch != Py_None) {
@@ -550,6 +632,15 @@ DirPacker_init(DirPacker *self, PyObject *args, PyObject *kwargs)
             return -1;
         self->has_epoch = 1;
     }
+    if (identity != Py_None) {
+        unsigned long long dev, ino;
+        if (!PyArg_ParseTuple(identity, "KK", &dev, &ino))
+            return -1;
+        self->dev = (dev_t)dev;
+        self->ino = (ino_t)ino;
+        self->expect_identity = 1;
+    }
+    self->initialised = 1;
     Py_INCREF(directory);
     self->directory = directory;
     Py_INCREF(prefix);
@@ -558,10 +649,11 @@ DirPacker_init(DirPacker *self, PyObject *args, PyObject *kwargs)
     self->check_xattrs = check_xattrs;
     self->keep_nanoseconds = keep_nanoseconds;
 
+    if (open_directory(self) != 0)
+        return -1;
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    self->dirfd = open(PyBytes_AS_STRING(directory), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    failed = self->dirfd < 0 || scan_directory(self) != 0;
+    failed = scan_directory(self) != 0;
     Py_END_ALLOW_THREADS
     if (failed) {
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, directory);
@@ -605,7 +697,7 @@ static PyTypeObject DirPackerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ocilayer._packer.DirPacker",
     .tp_doc = PyDoc_STR("DirPacker(directory, prefix, check_xattrs, keep_nanoseconds, "
-                        "source_date_epoch=None)\n\n"
+                        "source_date_epoch=None, identity=None)\n\n"
                         "Iterate over the tar entries of one directory's children."),
     .tp_basicsize = sizeof(DirPacker),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -635,6 +727,15 @@ PyInit__packer(void)
     if (PyModule_AddIntConstant(module, "PACKED", ITEM_PACKED) < 0
         || PyModule_AddIntConstant(module, "UNUSUAL", ITEM_UNUSUAL) < 0
         || PyModule_AddIntConstant(module, "FAILED", ITEM_FAILED) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    DirectoryChanged = PyErr_NewExceptionWithDoc(
+        "ocilayer._packer.DirectoryChanged",
+        "A directory is not the one that was listed: it was replaced during the walk.",
+        PyExc_OSError, NULL);
+    if (DirectoryChanged == NULL || PyModule_AddObjectRef(module, "DirectoryChanged",
+                                                          DirectoryChanged) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -79,14 +79,16 @@ def _walk(
 ) -> Iterator[Entry | PackedEntries]:
     check_xattrs = source.xattrs is not XattrPolicy.NONE
 
-    def open_directory(full: bytes, prefix: bytes) -> Any:
+    def open_directory(full: bytes, prefix: bytes, identity: tuple[int, int] | None) -> Any:
         try:
-            return packer.DirPacker(full, prefix, check_xattrs, keep_nanoseconds, source_date_epoch)
+            return packer.DirPacker(
+                full, prefix, check_xattrs, keep_nanoseconds, source_date_epoch, identity
+            )
         except OSError as error:
             raise _unreadable(full, error) from error
 
     # Each level: the packer of a directory, its path on disk and its prefix in the layer.
-    stack = [(open_directory(source.root, b""), source.root, b"")]
+    stack = [(open_directory(source.root, b"", None), source.root, b"")]
     while stack:
         directory_packer, directory, prefix = stack[-1]
         try:
@@ -98,14 +100,15 @@ def _walk(
             continue
 
         if item[0] == packer.PACKED:
-            _, data, count, name = item
-            if name is None:
+            _, data, count, child = item
+            if child is None:
                 yield PackedEntries(data, count, None)
                 continue
+            name, dev, ino = child
             path = prefix + name
             yield PackedEntries(data, count, path)
             full = os.path.join(directory, name)
-            stack.append((open_directory(full, path + b"/"), full, path + b"/"))
+            stack.append((open_directory(full, path + b"/", (dev, ino)), full, path + b"/"))
             continue
 
         name = item[1]
@@ -126,7 +129,8 @@ def _walk(
         yield entry_from_node(node, ChangeKind.ADD, source.xattrs, read_ahead=True)
         if stat.S_ISDIR(st.st_mode):
             directory_packer.pause()
-            stack.append((open_directory(full, path + b"/"), full, path + b"/"))
+            identity = (st.st_dev, st.st_ino)
+            stack.append((open_directory(full, path + b"/", identity), full, path + b"/"))
 
 
 def _unreadable(directory: bytes, error: OSError) -> LayerError:

@@ -72,10 +72,34 @@ def is_overlay_whiteout(
     return False
 
 
-def _scan(directory: bytes) -> list[tuple[bytes, os.stat_result, bytes]]:
+def _scan(
+    directory: bytes, seen: os.stat_result | None = None
+) -> list[tuple[bytes, os.stat_result, bytes]]:
+    """List a directory: (name, lstat, path) of each child.
+
+    With `seen`, the lstat the walk took of `directory`, the directory is opened
+    without following a symlink and must still be that one. A directory swapped for
+    a symlink or another directory since then raises LayerError instead of leading
+    the walk out of the tree.
+    """
     try:
-        with os.scandir(directory) as entries:
-            return [(e.name, e.stat(follow_symlinks=False), e.path) for e in entries]
+        if seen is None:
+            with os.scandir(directory) as entries:
+                return [(e.name, e.stat(follow_symlinks=False), e.path) for e in entries]
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+                raise LayerError(
+                    f"cannot read directory {os.fsdecode(directory)!r}: it was replaced "
+                    "while it was being read; export from a layer that is not in use"
+                )
+            # A scandir of a descriptor gives str names.
+            with os.scandir(fd) as entries:
+                named = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in entries]
+            return [(name, st, os.path.join(directory, name)) for name, st in named]
+        finally:
+            os.close(fd)
     except OSError as error:
         raise LayerError(f"cannot read directory {os.fsdecode(directory)!r}: {error}") from error
 
@@ -93,7 +117,7 @@ def walk_tree(root: bytes) -> Iterator[Node]:
             path = prefix + name
             yield Node(path, st, full)
             if stat.S_ISDIR(st.st_mode):
-                stack.append((iter(sorted(_scan(full))), path + b"/"))
+                stack.append((iter(sorted(_scan(full, st))), path + b"/"))
                 break
         else:
             stack.pop()
