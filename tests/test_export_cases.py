@@ -413,3 +413,21 @@ def test_tree_deeper_than_recursion_limit(tmp_path: Path, source: str) -> None:
     names = [item.name for item in read_tar(data)]
     assert len(names) == depth + 1
     assert names[-1] == b"d/" * depth + b"leaf"
+
+
+def test_small_file_swapped_after_walk_fails(tmp_path: Path) -> None:
+    """A small file replaced by another file after its lstat is not read."""
+    from ocilayer import LayerError
+    from ocilayer.entry import ChangeKind
+    from ocilayer.sources.snapshot import entry_from_node
+    from ocilayer.sources.union import Node
+    from ocilayer.xattrs import XattrPolicy
+
+    path = tmp_path / "file"
+    path.write_bytes(b"first")
+    node = Node(b"file", os.lstat(path), os.fsencode(path))
+    path.rename(tmp_path / "moved")
+    path.write_bytes(b"other")
+
+    with pytest.raises(LayerError, match=r"file' is no longer a regular file, or not the one"):
+        entry_from_node(node, ChangeKind.ADD, XattrPolicy.NONE, read_ahead=True)

@@ -291,6 +291,8 @@ class LayerTarWriter:
 
     def _copy_file(self, entry: Entry, path: bytes) -> None:
         """Copy a file's data, writing its holes as zeros without reading them."""
+        # NOTE: no identity check here, because an overlay entry's data may come from a
+        # lower layer's file. A directory swapped on the way to `path` is followed.
         fd = open_regular(path)
         if entry.size <= _SMALL_FILE:
             # One read returns the whole file, and a byte more if it grew.

@@ -157,18 +157,23 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
 READ_AHEAD_SIZE = 1 << 16
 
 
-def open_regular(path: bytes) -> int:
+def open_regular(path: bytes, seen: os.stat_result | None = None) -> int:
     """Open a file that the walk saw as a regular file, failing if it no longer is one.
 
     O_NONBLOCK keeps a FIFO swapped in after the walk from blocking the open, and
-    O_NOFOLLOW keeps a symlink from leading elsewhere. The type is checked after opening.
+    O_NOFOLLOW keeps a symlink from leading elsewhere. The type is checked after opening,
+    and with `seen` (the walk's lstat) the device and inode too, so that a file reached
+    through a directory swapped since the walk is not read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (
+        seen is not None and (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino)
+    ):
         os.close(fd)
         raise LayerError(
-            f"{os.fsdecode(path)!r} is no longer a regular file; export from a layer that "
-            "is not in use"
+            f"{os.fsdecode(path)!r} is no longer a regular file, or not the one the walk "
+            "found; export from a layer that is not in use"
         )
     os.set_blocking(fd, True)
     return fd
@@ -180,7 +185,7 @@ def _read_small(node: Node, size: int, policy: XattrPolicy) -> tuple[bytes, Mapp
     A byte more than expected shows that the file grew.
     """
     try:
-        fd = open_regular(node.full)
+        fd = open_regular(node.full, node.st)
         try:
             xattrs = read_xattrs(fd, policy)
             data = os.read(fd, size + 1)
