@@ -457,6 +457,77 @@ def test_create_files_stops_at_directory(tmp_path: Path) -> None:
     assert os.lstat(target / "d/b").st_mtime_ns == MTIME_NS
 
 
+def test_create_files_takes_only_bytes(tmp_path: Path) -> None:
+    """A mutable buffer is rejected: the C code reads the headers with the GIL released."""
+    target = tmp_path / "target"
+    target.mkdir()
+    dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(TypeError):
+            CREATE_FILES(bytearray(file("a", "a")), 0, dir_fd, b"", True)
+    finally:
+        os.close(dir_fd)
+    assert os.listdir(target) == []
+
+
+def test_starts_run_checks_next_header() -> None:
+    starts_run = filerun_module().starts_run
+    data = file("d/a", "a") + directory("d/sub/") + file("e/b", "b")
+    assert starts_run(data, 0, b"d") is True
+    assert starts_run(data, 0, b"e") is False
+    assert starts_run(data, 2 * BLOCK, b"d") is False
+    assert starts_run(data, 3 * BLOCK, b"e") is True
+    assert starts_run(data, len(data) - 100, b"e") is False
+
+
+def test_directories_keep_descriptors_low(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Many directory entries in a row open no more descriptors with C than without."""
+    import resource
+
+    layer = b"".join(directory(f"e{index:03}/") for index in range(300))
+    layer = tar(layer + file("z/f", "f"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 200, hard))
+    try:
+        for pure in (False, True):
+            if pure:
+                monkeypatch.setenv("OCILAYER_PURE_PYTHON", "1")
+            target = tmp_path / f"target-{pure}"
+            import_layer_from_tar(io.BytesIO(layer), target)
+            assert (target / "z" / "f").read_bytes() == b"f"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _FailingReader(io.RawIOBase):
+    """A layer source that raises EIO once `limit` bytes have been read."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self._data = data
+        self._limit = limit
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._position >= self._limit:
+            raise OSError(5, "Input/output error")
+        count = min(len(buffer), self._limit - self._position)
+        buffer[:count] = self._data[self._position : self._position + count]
+        self._position += count
+        return count
+
+
+def test_source_read_error_names_an_entry(tmp_path: Path) -> None:
+    """A read error of the source met while reading ahead is an ApplyError with context."""
+    layer = tar(b"".join(file(f"d/f{index:04}", "x" * 3000) for index in range(400)))
+    reader = io.BufferedReader(_FailingReader(layer, 600_000))
+    with pytest.raises(ApplyError, match=r"^entry b'd/f\d{4}' \(offset \d+\): Input/output error"):
+        import_layer_from_tar(reader, tmp_path / "target")
+
+
 # Layers exported by ocilayer from generated trees
 
 # The base layer of each of these seeds has runs of plain files for the C code.

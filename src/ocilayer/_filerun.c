@@ -223,29 +223,28 @@ create_symlink(int dir_fd, const Plain *entry, const unsigned char *block, int c
 static PyObject *
 create_files(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    Py_buffer buffer;
+    /* Only bytes: the GIL is released while the headers are checked and used, so the
+       data must not change under the loop. */
+    PyObject *bytes;
     Py_ssize_t position;
     int dir_fd, chown_files;
     const char *directory;
     Py_ssize_t directory_length;
-    if (!PyArg_ParseTuple(args, "y*niy#p", &buffer, &position, &dir_fd, &directory,
-                          &directory_length, &chown_files))
+    if (!PyArg_ParseTuple(args, "O!niy#p", &PyBytes_Type, &bytes, &position, &dir_fd,
+                          &directory, &directory_length, &chown_files))
         return NULL;
-    if (position < 0 || position > buffer.len) {
-        PyBuffer_Release(&buffer);
+    if (position < 0 || position > PyBytes_GET_SIZE(bytes)) {
         PyErr_SetString(PyExc_ValueError, "position is outside the buffer");
         return NULL;
     }
-    const unsigned char *data = buffer.buf;
-    size_t length = (size_t)buffer.len;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(bytes);
+    size_t length = (size_t)PyBytes_GET_SIZE(bytes);
     size_t offset = (size_t)position;
     size_t capacity = 64, count = 0;
     Created *created = malloc(capacity * sizeof(Created));
     long long written = 0;
-    if (created == NULL) {
-        PyBuffer_Release(&buffer);
+    if (created == NULL)
         return PyErr_NoMemory();
-    }
 
     Py_BEGIN_ALLOW_THREADS
     while (length - offset >= BLOCK) {
@@ -290,13 +289,32 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
             PyList_SET_ITEM(names, (Py_ssize_t)i, name);
     }
     free(created);
-    PyBuffer_Release(&buffer);
     if (names == NULL)
         return NULL;
     return Py_BuildValue("(nNL)", (Py_ssize_t)(offset - (size_t)position), names, written);
 }
 
+static PyObject *
+starts_run(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *bytes;
+    Py_ssize_t position;
+    const char *directory;
+    Py_ssize_t directory_length;
+    if (!PyArg_ParseTuple(args, "O!ny#", &PyBytes_Type, &bytes, &position, &directory,
+                          &directory_length))
+        return NULL;
+    if (position < 0 || PyBytes_GET_SIZE(bytes) - position < BLOCK)
+        Py_RETURN_FALSE;
+    Plain entry;
+    const unsigned char *block = (const unsigned char *)PyBytes_AS_STRING(bytes) + position;
+    return PyBool_FromLong(parse_plain(block, directory, (size_t)directory_length, &entry) == 0);
+}
+
 static PyMethodDef filerun_methods[] = {
+    {"starts_run", starts_run, METH_VARARGS,
+     PyDoc_STR("starts_run(data, position, directory) -> bool\n\n"
+               "Whether the header at data[position:] is one that create_files takes.")},
     {"create_files", create_files, METH_VARARGS,
      PyDoc_STR("create_files(data, position, dir_fd, directory, chown) -> "
                "(consumed, names, data_bytes)\n\n"

@@ -187,10 +187,15 @@ def _apply_entries(tar: TarReader, applier: Applier, check: Callable[[int], None
             applier.apply(entry)
         except (UnsafePathError, TarFormatError, ApplyError, OSError, ValueError) as error:
             _raise_with_context(error, tar)
-        if runs is not None:
-            # Outside the try: a truncated stream found while reading ahead is not an
-            # error of this entry, and is raised as the next header read raises it.
+        if runs is None:
+            continue
+        try:
             runs.follow(tar, entry, check)
+        except OSError as error:
+            # NOTE: a run reads up to about 0.5 MiB ahead, so a read error of the source
+            # comes up sooner than without C, named after the last entry applied. A
+            # truncated stream found there is raised as the next header read raises it.
+            _raise_with_context(error, tar)
     check(0)
     try:
         applier.finish()

@@ -50,6 +50,7 @@ class FileRuns:
     def __init__(self, applier: Applier, module: ModuleType) -> None:
         self._applier = applier
         self._create_files = module.create_files
+        self._starts_run = module.starts_run
         # The largest entry the C code takes. A run reads ahead at least this much, so
         # that it ends at an entry that the C code does not take, not at the end of
         # the bytes read.
@@ -77,6 +78,11 @@ class FileRuns:
             return 0
         applier = self._applier
         directory = entry.path if entry.type is FileType.DIRECTORY else parent_of(entry.path)
+        data, position = tar.read_ahead(self._largest_entry)
+        if not self._starts_run(data, position, directory):
+            # Resolve only a directory that the next entry is in, as the applier would,
+            # so that the resolver keeps no more descriptors than without C.
+            return 0
         try:
             resolved = applier.resolver.resolve_directory(directory, create=True)
         except (OSError, OcilayerError):
