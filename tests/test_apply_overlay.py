@@ -593,3 +593,22 @@ def test_merged_view_of_hand_made_stack(
     uppers = apply_stack(HAND_MADE_STACKS[stack], tmp_path)
     with mounted_overlay(uppers, tmp_path / "merged") as merged:
         assert listing(merged) == expected
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_layer_symlink_over_lower_symlink_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
+    """After the layer puts its own symlink where a lower one was, paths follow the new one."""
+    if pure:
+        monkeypatch.setenv("OCILAYER_PURE_PYTHON", "1")
+    lower = tmp_path / "lower"
+    (lower / "d" / "t").mkdir(parents=True)
+    (lower / "d" / "l").symlink_to("t")
+    upper = tmp_path / "upper"
+    layer = tar(file("d/l/a", "1"), directory("d/"), symlink("d/l", "/u"), file("d/l/b", "2"))
+    apply(layer, upper, lower, target="overlay")
+    assert listing(upper)["d/t/a"] == "f 644 '1'"
+    assert listing(upper)["d/l"] == "l -> /u"
+    assert listing(upper)["u/b"] == "f 644 '2'"
+    assert "d/t/b" not in listing(upper)

@@ -12,8 +12,6 @@ code created, so that each edge case is known to reach it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gzip
 import hashlib
 import importlib
@@ -43,6 +41,7 @@ from apply_helpers import (
     tar,
     whiteout,
 )
+from capabilities import CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, capabilities_dropped
 from ocilayer import XattrPolicy, export_layer_to_tar
 from ocilayer.apply import AppliedLayer, ApplyError, import_layer_from_tar
 from ocilayer.apply.filerun import FileRuns
@@ -1104,48 +1103,6 @@ def test_compressed_layer_identical(
 
 
 # Failures inside the C code: the applier takes the entry and fails the same way
-
-
-class _CapabilityHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapabilityData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-_CAPABILITY_VERSION_3 = 0x20080522
-CAP_CHOWN = 0
-CAP_DAC_OVERRIDE = 1
-CAP_FOWNER = 3
-
-
-@contextlib.contextmanager
-def capabilities_dropped(*numbers: int) -> Iterator[None]:
-    """Drop the capabilities `numbers` (each below 32) from this thread, then raise them again.
-
-    capset(2) changes only the calling thread, which is the thread that runs the C code.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = _CapabilityHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapabilityData * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget failed")
-    saved = data[0].effective
-    for number in numbers:
-        data[0].effective &= ~(1 << number)
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
-    try:
-        yield
-    finally:
-        data[0].effective = saved
-        if libc.capset(ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "capset failed to restore the capabilities")
 
 
 # d/c and d/e get owner 1000, which needs CAP_CHOWN to set and, once set, CAP_FOWNER

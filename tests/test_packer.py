@@ -11,7 +11,6 @@ thread stops.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import os
 import random
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from capabilities import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, capabilities_dropped
 from layer_helpers import export_bytes, write
 from ocilayer import Cancelled, Compression, LayerError, XattrPolicy, export_layer_to_tar
 from ocilayer import export as export_module
@@ -950,46 +950,9 @@ def test_whiteout_name_rejected(
     assert "starts with '.wh.'" in str(packed)
 
 
-class _CapabilityHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapabilityData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-_CAPABILITY_VERSION_3 = 0x20080522
-_CAP_DAC_OVERRIDE = 1
-_CAP_DAC_READ_SEARCH = 2
-
-
-@contextlib.contextmanager
-def permission_bits_enforced() -> Iterator[None]:
-    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread's effective set.
-
-    Root then obeys permission bits, so a mode 000 directory or file is unreadable.
-    capset(2) changes only the calling thread, and threads it starts later inherit the
-    change. The capabilities stay permitted, so they are raised again on exit.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = _CapabilityHeader(_CAPABILITY_VERSION_3, 0)
-    data = (_CapabilityData * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget failed")
-    saved = data[0].effective
-    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
-    if libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
-    try:
-        yield
-    finally:
-        data[0].effective = saved
-        if libc.capset(ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "capset failed to restore the capabilities")
+def permission_bits_enforced() -> contextlib.AbstractContextManager[None]:
+    """Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so that mode 000 stops root too."""
+    return capabilities_dropped(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)
 
 
 @pytest.mark.parametrize("unreadable", ["d", "d/f", "big"])

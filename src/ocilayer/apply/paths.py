@@ -211,9 +211,12 @@ class Resolver:
         result = self._walk(path, start_fd, start_real, rest, create, whiteout)
         if result is None:
             return None
-        fd, real, owned = result
+        fd, real, owned, through_lower = result
         if owned:
-            if whiteout:
+            # A path resolved through a lower layer's symlink is not cached: the layer
+            # may put its own entry at that name later, without replacing anything
+            # here, and later entries must follow that one.
+            if whiteout or through_lower:
                 self._retired.append(fd)
             else:
                 self._cache[path] = (fd, real)
@@ -254,12 +257,14 @@ class Resolver:
         components: list[bytes],
         create: bool,
         whiteout: bool,
-    ) -> tuple[int, bytes, bool] | None:
+    ) -> tuple[int, bytes, bool, bool] | None:
         """Walk `components` from the directory `fd` (real path `real`).
 
-        Returns the final descriptor, its real path and whether the caller owns it.
+        Returns the final descriptor, its real path, whether the caller owns it and
+        whether the walk followed a lower layer's symlink.
         """
         owned = False
+        through_lower = False
         pending = deque(components)
         hops = 0
 
@@ -299,6 +304,7 @@ class Resolver:
                     target = os.readlink(component, dir_fd=fd)
                 elif existing is None:
                     target = self._tree.lower_symlink(child)
+                    through_lower = through_lower or target is not None
 
                 if target is None:
                     if existing is None and pending and pending[0] == b"..":
@@ -324,7 +330,7 @@ class Resolver:
             if owned:
                 os.close(fd)
             raise
-        return fd, real, owned
+        return fd, real, owned, through_lower
 
     @staticmethod
     def _give_up(fd: int, owned: bool) -> None:
