@@ -12,6 +12,7 @@ import io
 import os
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -243,3 +244,23 @@ def mounted_overlay(
         yield mountpoint
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+class CancellingReader(io.RawIOBase):
+    """Return `data` in reads of at most `chunk` bytes; set `cancel` once `after` are read."""
+
+    def __init__(self, data: bytes, after: int, cancel: threading.Event, chunk: int = 4096) -> None:
+        self._stream = io.BytesIO(data)
+        self._after = after
+        self._cancel = cancel
+        self._chunk = chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._stream.read(min(len(buffer), self._chunk))
+        buffer[: len(chunk)] = chunk
+        if self._stream.tell() >= self._after:
+            self._cancel.set()
+        return len(chunk)

@@ -22,6 +22,7 @@ import zstandard
 
 from apply_helpers import (
     MTIME_NS,
+    CancellingReader,
     apply,
     block_device,
     char_device,
@@ -1172,26 +1173,6 @@ def test_cancel_before_the_first_entry(tmp_path: Path) -> None:
     with pytest.raises(Cancelled, match="was cancelled; the target is partly applied"):
         apply(hello_layer(), tmp_path / "root", cancel=cancel)
     assert listing(tmp_path / "root") == {}
-
-
-class CancellingReader(io.RawIOBase):
-    """Return `data`, and set `cancel` once `after` bytes have been read."""
-
-    def __init__(self, data: bytes, after: int, cancel: threading.Event) -> None:
-        self._stream = io.BytesIO(data)
-        self._after = after
-        self._cancel = cancel
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        size = min(len(buffer), 4096)
-        chunk = self._stream.read(size)
-        buffer[: len(chunk)] = chunk
-        if self._stream.tell() >= self._after:
-            self._cancel.set()
-        return len(chunk)
 
 
 def test_cancel_during_a_file_keeps_the_old_file(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ import zstandard
 
 from apply_helpers import (
     MTIME_NS,
+    CancellingReader,
     apply,
     directory,
     entry,
@@ -1231,25 +1232,6 @@ class CancelAtEntry(Progress):
             self.cancel.set()
 
 
-class CancellingReader(io.RawIOBase):
-    """Return `data` in 64 KiB reads, and set `cancel` once `after` bytes have been read."""
-
-    def __init__(self, data: bytes, after: int, cancel: threading.Event) -> None:
-        self._stream = io.BytesIO(data)
-        self._after = after
-        self._cancel = cancel
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        chunk = self._stream.read(min(len(buffer), 64 * KIB))
-        buffer[: len(chunk)] = chunk
-        if self._stream.tell() >= self._after:
-            self._cancel.set()
-        return len(chunk)
-
-
 RUN_FILES = 1000
 CANCEL_LAYER = tar(
     directory("d/"),
@@ -1290,7 +1272,7 @@ def test_cancel_stops_inside_long_run(
         monkeypatch.setenv(PURE_PYTHON, "1")
     cancel = threading.Event()
     target = tmp_path / "target"
-    reader = io.BufferedReader(CancellingReader(CANCEL_LAYER, MIB, cancel))
+    reader = io.BufferedReader(CancellingReader(CANCEL_LAYER, MIB, cancel, chunk=64 * KIB))
 
     with pytest.raises(Cancelled):
         import_layer_from_tar(reader, target, cancel=cancel)
