@@ -92,7 +92,7 @@ typedef struct {
     long long mode, uid, gid, size, mtime;
 } Plain;
 
-/* Check one header block; 0 when it is a plain regular file directly in `directory`. */
+/* Check one header block; 0 when it is a plain file or symlink directly in `directory`. */
 static int
 parse_plain(const unsigned char *block, const char *directory, size_t directory_length,
             Plain *out)

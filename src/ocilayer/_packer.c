@@ -49,7 +49,7 @@
 
 #define BLOCK 512
 #define NAME_FIELD 100
-/* A PACKED item is returned once it holds this many bytes. */
+/* A PACKED item is returned once it contains this many bytes. */
 #define RUN_TARGET (1 << 20)
 #define FIRST_CAPACITY (1 << 16)
 #define OCTAL_7_MAX ((1LL << 21) - 1)
@@ -257,7 +257,8 @@ put_header(DirPacker *self, const char *prefix, size_t prefix_length, const Chil
     self->length += BLOCK;
 }
 
-/* Whether the path has xattrs, or 1 when that cannot be told (the caller decides). */
+/* Whether the path has xattrs; 1 also when listing them failed, so the Python path
+   reports the error. */
 static int
 has_xattrs_at(DirPacker *self, const Child *child, int fd)
 {
@@ -323,7 +324,7 @@ copy_file(DirPacker *self)
             return 1;
         size_t room = RUN_TARGET - self->length;
         size_t want = self->file_left < room ? (size_t)self->file_left : room;
-        /* The last read asks for a byte more: getting it shows that the file grew. */
+        /* The last read requests one byte more, which arrives only if the file grew. */
         size_t extra = want == self->file_left;
         if (reserve(self, want + extra + BLOCK) != 0)
             return -1;

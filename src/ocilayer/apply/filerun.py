@@ -69,8 +69,8 @@ class FileRuns:
 
         The run is in the directory `entry` is, or is in when it is not a directory:
         the directory whose entries a tar lists next. `check(count)` is called after
-        every `count` entries created, at most a read-ahead buffer apart; it raises
-        to stop the run, as the applier's cancellation check does.
+        each batch of `count` entries, at most a read-ahead buffer apart. It stops the
+        run by raising, as the applier's cancellation check does.
         """
         if entry.kind is not ChangeKind.ADD:
             self._stopped = True
