@@ -265,3 +265,27 @@ def test_apply_progress_on_terminal(tmp_path: Path) -> None:
     final = last_line(shown)
     assert final.startswith(b"apply: 2 entries, 2.5 KiB, ")
     assert final.endswith(b"/s, 00:00")
+
+
+def test_apply_target_is_a_file(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    target = tmp_path / "target"
+    target.write_bytes(b"not a directory")
+    result = run("apply", str(layer), str(target))
+    assert result.returncode == 1
+    assert result.stdout == b""
+    message = result.stderr.decode()
+    assert f"target '{target}' exists and is not a directory" in message
+    assert "Traceback" not in message
+    assert target.read_bytes() == b"not a directory"
+
+
+def test_apply_truncated_gzip_names_input(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes(gzip.compress(LAYER, mtime=0)[:-6])
+    result = run("apply", str(layer), str(tmp_path / "root"))
+    assert result.returncode == 1
+    message = result.stderr.decode()
+    assert f"'{layer}': gzip stream is truncated" in message
+    assert "Traceback" not in message

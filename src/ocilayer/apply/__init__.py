@@ -117,7 +117,13 @@ def import_layer_from_tar(
                 "applied, so discard it"
             )
 
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise ApplyError(
+            f"target {os.fspath(path)!r} exists and is not a directory; give the directory "
+            "to apply the layer into"
+        ) from None
     root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     lower = LowerView(parent_layer_paths) if target == "overlay" else None
     applier: Applier | None = None

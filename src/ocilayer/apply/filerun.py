@@ -9,10 +9,9 @@ applier then goes on from there.
 
 What the C code makes of an entry is what the Python applier makes of it: the
 same system calls in the same order, with the same bookkeeping done here afterwards.
-Because an exclusive create that finds the name taken stops the run, and only
-a whiteout of the layer itself can remove a path the layer created, runs stop for
-good at the layer's first whiteout or opaque marker. The applier then sees every
-later duplicate path.
+The C code finds a duplicate path only when its exclusive create finds the name
+taken. As a precaution, runs stop for good at the layer's first whiteout or opaque
+marker, after which the applier's records, not only the disk, say which paths exist.
 
 Without a compiler at install time, or with OCILAYER_PURE_PYTHON set to a non-empty
 value, the applier creates every file itself.
@@ -21,6 +20,7 @@ value, the applier creates every file itself.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -30,6 +30,8 @@ from ocilayer.apply.paths import PATH_MAX, join
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import OcilayerError
 from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
+
+logger = logging.getLogger("ocilayer.apply")
 
 # A base name in the C code comes from one header field of 100 bytes.
 _MAX_BASE_NAME = 100
@@ -62,7 +64,10 @@ class FileRuns:
     def start(cls, applier: Applier) -> FileRuns | None:
         """Return the runs for `applier`, or None when the C extension is not available."""
         module = _load()
-        return None if module is None else cls(applier, module)
+        if module is None:
+            logger.debug("the C file runs are not built or are turned off; applying in pure Python")
+            return None
+        return cls(applier, module)
 
     def follow(self, tar: TarReader, entry: Entry, check: Callable[[int], None]) -> int:
         """Create the run that follows `entry`, just applied; return how many entries.

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from ocilayer.compression import CompressionError
 from ocilayer.errors import Cancelled, LayerError, TarFormatError
 from ocilayer.progress import Progress
 
@@ -136,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     except ApplyError as error:
         # The library's hint names parameters (rootless=True); name the options instead.
         raise ApplyError(error.cli_message(), error.entry, error.offset) from error
-    except TarFormatError as error:
+    except (TarFormatError, CompressionError) as error:
         source = "standard input" if args.layer == STDIN else repr(args.layer)
-        raise TarFormatError(f"{source}: {error}") from error
+        raise type(error)(f"{source}: {error}") from error
     if args.json:
         report = {
             "diffID": result.diff_id,

@@ -16,6 +16,7 @@ OCILAYER_PURE_PYTHON set to a non-empty value, every export takes the Python pat
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from ocilayer.readahead import read_ahead
 from ocilayer.sources.snapshot import SnapshotSource, changed_size, check_name, entry_from_node
 from ocilayer.sources.union import Node
 from ocilayer.xattrs import XattrPolicy
+
+log = logging.getLogger("ocilayer")
 
 
 class PackedEntries(NamedTuple):
@@ -65,6 +68,7 @@ def packed_changes(
         return None  # the C packer takes a 64-bit epoch
     packer = load_packer()
     if packer is None:
+        log.debug("the C packer is not built or is turned off; exporting in pure Python")
         return None
     # The packer releases the GIL while it walks, so a worker thread walks while this
     # thread hashes and writes the previous run.
