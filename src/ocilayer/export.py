@@ -11,18 +11,20 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError
 from ocilayer.progress import Progress
-from ocilayer.sources.overlay import OverlaySource, looks_like_upper
 from ocilayer.sources.packed import PackedEntries, packed_changes
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.writer import LayerTarWriter, RecipeOptions, socket_warning
 from ocilayer.xattrs import XattrPolicy
+
+if TYPE_CHECKING:
+    from ocilayer.sources.overlay import OverlaySource
 
 log = logging.getLogger("ocilayer")
 
@@ -57,10 +59,12 @@ def open_source(
     """
     if source not in SOURCES or source == "tar":
         raise LayerError(f"unknown source kind {source!r}; use one of {', '.join(SOURCES)}")
-    if source == "auto":
-        source = "overlay" if looks_like_upper(path) else "snapshot"
-    if source == "overlay":
-        return OverlaySource(path, parent_layer_paths, xattrs=xattrs, include=include)
+    if source in ("auto", "overlay"):
+        # Loaded here: a snapshot export, the common case, does not need it (7 ms).
+        from ocilayer.sources.overlay import OverlaySource, looks_like_upper
+
+        if source == "overlay" or looks_like_upper(path):
+            return OverlaySource(path, parent_layer_paths, xattrs=xattrs, include=include)
     return SnapshotSource(path, parent_layer_paths, xattrs=xattrs, include=include)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import sys
 from collections.abc import Iterator
@@ -141,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         source = "standard input" if args.layer == STDIN else repr(args.layer)
         raise type(error)(f"{source}: {error}") from error
     if args.json:
+        import json  # loaded only for --json
+
         report = {
             "diffID": result.diff_id,
             "compression": result.compression.value,
@@ -166,5 +167,7 @@ def _run_windows(args: argparse.Namespace) -> int:
         print(f"ocilayer: interrupted; nothing was left in {args.target}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
+        import json  # loaded only for --json
+
         print(json.dumps({"size": size}, indent=2))
     return EXIT_OK
