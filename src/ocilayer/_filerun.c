@@ -3,8 +3,8 @@
  *
  * create_files(data, position, dir_fd, directory, chown) reads tar entries from
  * data[position:] while each is a plain regular file or symlink directly in
- * `directory` (the entry path of the directory open at `dir_fd`), and creates it
- * there as the Python applier does, with the same system calls in the same order:
+ * `directory`, the entry path of the directory open at `dir_fd`. It creates each one
+ * there with the Python applier's system calls, in the same order:
  *
  *   - a file: an exclusive, non-following create with mode 0600, its data, then
  *     owner (when `chown` is true), mode and times;
@@ -18,8 +18,8 @@
  *     name component that is empty, `.`, `..` or starts with `.wh.`;
  *   - a symlink with an empty target or a non-zero size field;
  *   - an entry whose data and padding are not all in `data`, data over MAX_DATA
- *     (256 KiB), or
- *     data of at least 4 KiB that is all zeros (the Python applier writes a hole);
+ *     (256 KiB), or data of at least 4 KiB that is all zeros (the Python applier
+ *     writes a hole);
  *   - a name that exists (EEXIST), or any failing system call, after which the file
  *     it created is removed again.
  *

@@ -1,10 +1,10 @@
 /*
  * ocilayer._packer: the per-entry loop of a base layer export, in C.
  *
- * A DirPacker walks the children of one directory in byte order of their names and
- * writes the tar entries of the common ones itself: a regular file with one link,
- * a directory or a symlink, with no xattrs, a USTAR-sized header and whole-second
- * mtime. Its iterator yields
+ * A DirPacker walks the children of one directory in byte order of their names. It
+ * writes the tar entries of the common ones itself. Those are regular files with one
+ * link, directories and symlinks, with no xattrs, a USTAR-sized header and a
+ * whole-second mtime. Its iterator yields
  *
  *   (PACKED, data, count, child) finished tar data: `count` headers, file data and
  *                                padding, about 1 MiB at most. A large file's data
@@ -194,14 +194,14 @@ reserve(DirPacker *self, size_t extra)
 {
     if (self->length + extra <= self->capacity)
         return 0;
-    size_t wanted = self->capacity ? self->capacity : FIRST_CAPACITY;
-    while (wanted < self->length + extra)
-        wanted *= 2;
-    char *buffer = realloc(self->buffer, wanted);
+    size_t capacity = self->capacity ? self->capacity : FIRST_CAPACITY;
+    while (capacity < self->length + extra)
+        capacity *= 2;
+    char *buffer = realloc(self->buffer, capacity);
     if (buffer == NULL)
         return -1;
     self->buffer = buffer;
-    self->capacity = wanted;
+    self->capacity = capacity;
     return 0;
 }
 

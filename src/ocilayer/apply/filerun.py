@@ -1,11 +1,10 @@
 """Runs of new files and symlinks, created by the optional C extension `ocilayer._filerun`.
 
 Most entries of a layer are small regular files and symlinks that follow one
-another in one directory. After the applier has applied an entry,
-`FileRuns.follow` passes the raw tar bytes that come next to `create_files`, which
-creates the following plain files and symlinks of that directory in C (see
-`_filerun.c` for what counts as plain) and stops at the first other entry. The
-applier then goes on from there.
+another in one directory. After the applier has applied an entry, `FileRuns.follow`
+passes the raw tar bytes that come next to `create_files`. That C function creates
+the plain files and symlinks that follow in the same directory (`_filerun.c` says
+what counts as plain) and stops at the first other entry, where the applier goes on.
 
 What the C code makes of an entry is what the Python applier makes of it: the
 same system calls in the same order, with the same bookkeeping done here afterwards.
