@@ -86,6 +86,26 @@ def test_empty_path_is_rejected() -> None:
         tree[b""] = "root"
 
 
+def test_set_children_in_every_kind_of_parent() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    # The root, a parent that is not recorded, and one that ends inside a long label.
+    tree.set_children(b"", [b"x", b"y"], "file")
+    tree.set_children(b"new/dir", [b"p", b"q", b"r"], "file")
+    tree[b"deep/er/still"] = "directory"
+    tree.set_children(b"deep/er", [b"s", b"t"], "file")
+    # A name recorded already takes the new value; its children stay.
+    tree[b"new/dir/p/under"] = "file"
+    tree.set_children(b"new/dir", [b"p", b"u"], "directory")
+    expected = {
+        b"x": "file", b"y": "file", b"new": ANCESTOR, b"new/dir": ANCESTOR,
+        b"new/dir/p": "directory", b"new/dir/p/under": "file", b"new/dir/q": "file",
+        b"new/dir/r": "file", b"new/dir/u": "directory", b"deep": ANCESTOR,
+        b"deep/er": ANCESTOR, b"deep/er/still": "directory", b"deep/er/s": "file",
+        b"deep/er/t": "file", b"deep/er/u": None, b"z": None,
+    }  # fmt: skip
+    assert {path: tree.get(path) for path in expected} == expected
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_operations_match_naive_map(seed: int) -> None:
     rng = random.Random(seed)
@@ -106,6 +126,15 @@ def test_random_operations_match_naive_map(seed: int) -> None:
         elif action < 0.65:
             tree.discard(path)
             naive.discard(path)
+        elif action < 0.8:
+            # A run of files in one directory; the root is a directory too.
+            parent = path if rng.random() < 0.8 else b""
+            children = rng.sample(names, rng.randint(1, len(names)))
+            value = rng.choice(["file", "directory"])
+            tree.set_children(parent, children, value)
+            for child in children:
+                naive.set(parent + b"/" + child if parent else child, value)
+            path = parent + b"/" + children[-1] if parent else children[-1]
         for probe in (path, random_path(), path.rpartition(b"/")[0]):
             if probe:
                 assert tree.get(probe) == naive.get(probe), probe

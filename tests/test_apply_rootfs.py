@@ -1090,6 +1090,25 @@ def test_expected_diff_id_is_checked(tmp_path: Path) -> None:
     assert str(raised.value).startswith(f"wrong diff_id: expected {sha256(b'other')}, ")
 
 
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+def test_apply_without_digest_applies_the_same(tmp_path: Path, gzipped: bool) -> None:
+    data = tar(file("dir/a", "1"), file("dir/b", "22")) + b"trailing junk"
+    blob = gzip.compress(data, mtime=0) if gzipped else data
+    hashed = apply(blob, tmp_path / "hashed")
+    unhashed = apply(blob, tmp_path / "unhashed", digest=False)
+    assert unhashed.diff_id is None
+    assert hashed.diff_id == sha256(data)
+    codec = Compression.GZIP if gzipped else Compression.NONE
+    assert (unhashed.size, unhashed.compression) == (hashed.size, hashed.compression) == (3, codec)
+    assert listing(tmp_path / "unhashed") == listing(tmp_path / "hashed")
+
+
+def test_expected_diff_id_needs_the_digest(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected_diff_id needs digest=True"):
+        apply(hello_layer(), tmp_path / "root", expected_diff_id=sha256(b""), digest=False)
+    assert not (tmp_path / "root").exists()
+
+
 def test_corrupt_gzip_is_an_error(tmp_path: Path) -> None:
     blob = bytearray(gzip.compress(hello_layer(), mtime=0))
     blob[20] ^= 0xFF

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
+import pytest
+
+from layer_helpers import write
+from ocilayer import Compression, export_layer_to_tar
 from ocilayer.digest import HashingReader, HashingWriter
 
 
@@ -24,3 +29,34 @@ def test_writer_and_reader_hash_and_count() -> None:
     assert reader.read(10) == data[:10]
     reader.drain()
     assert (reader.size, reader.digest) == (len(data), expected(data))
+
+
+def test_counting_only_streams_have_no_digest() -> None:
+    data = bytes(range(256)) * 300
+    target = io.BytesIO()
+    writer = HashingWriter(target, hashing=False)
+    writer.write(data)
+    assert (writer.size, writer.digest, writer.hasher, target.getvalue()) == (
+        len(data),
+        None,
+        None,
+        data,
+    )
+    reader = HashingReader(io.BytesIO(data), hashing=False)
+    reader.drain()
+    assert (reader.size, reader.digest) == (len(data), None)
+
+
+@pytest.mark.parametrize("compression", list(Compression), ids=lambda codec: codec.value)
+def test_export_without_digests_writes_the_same_blob(
+    tmp_path: Path, compression: Compression
+) -> None:
+    tree = tmp_path / "tree"
+    write(tree / "etc" / "hosts", b"127.0.0.1 localhost\n" * 100, mtime=1_800_000_000)
+    write(tree / "big", bytes(range(256)) * 8000, mtime=1_800_000_000)
+    hashed, unhashed = io.BytesIO(), io.BytesIO()
+    full = export_layer_to_tar(hashed, tree, compression=compression)
+    bare = export_layer_to_tar(unhashed, tree, compression=compression, digests=False)
+    assert unhashed.getvalue() == hashed.getvalue()
+    assert full.digest == expected(hashed.getvalue())
+    assert bare == (full.media_type, None, full.size, None)

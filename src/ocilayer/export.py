@@ -95,21 +95,23 @@ def write_layer(
     options: RecipeOptions | None = None,
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
+    digests: bool = True,
 ) -> Descriptor:
     """Write the layer tar of `reader` to `writer`, compressed, and return its descriptor.
 
     `cancel` is checked before each entry; when it is set, Cancelled is raised and
     the end-of-archive blocks are never written. `progress`, when given, is updated
-    after each entry with the entries and tar bytes written so far.
+    after each entry with the entries and tar bytes written so far. With `digests`
+    false, the descriptor's digest and diff_id are None and no sha256 is computed.
     """
     compressor: BinaryIO | None = None
     if compression is Compression.NONE:
         # The blob is the tar itself: one hash serves as diff_id and digest.
-        tar = blob = HashingWriter(writer)
+        tar = blob = HashingWriter(writer, hashing=digests)
     else:
-        blob = HashingWriter(writer)
+        blob = HashingWriter(writer, hashing=digests)
         compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
-        tar = HashingWriter(compressor)
+        tar = HashingWriter(compressor, hashing=digests)
     options = options or RecipeOptions()
     tar_writer = LayerTarWriter(tar, reader.lookup, options)  # type: ignore[arg-type]
     items: Iterable[Entry | PackedEntries] | None = packed_changes(
@@ -173,6 +175,7 @@ def export_layer_to_tar(
     source: str = "snapshot",
     prefix: bytes = b"",
     progress: Progress | None = None,
+    digests: bool = True,
 ) -> Descriptor:
     """Export a layer directory as an OCI layer tar stream into `writer`.
 
@@ -182,7 +185,8 @@ def export_layer_to_tar(
     compressed with `compression` at `level` using `threads` threads (0: one per
     CPU). `source_date_epoch` (Unix seconds) clamps later mtimes; the environment
     variable SOURCE_DATE_EPOCH is read by the CLI, not here. Returns the OCI
-    descriptor of what was written, with the diff_id of the uncompressed tar.
+    descriptor of what was written, with the diff_id of the uncompressed tar; with
+    `digests` false, no sha256 is computed and both digests are None.
 
     With `source="tar"`, `path` is a layer tar (plain, gzip or zstd) to rewrite, with
     every name moved under `prefix` when one is given; it takes no parents.
@@ -191,7 +195,8 @@ def export_layer_to_tar(
     """
     options = RecipeOptions(source_date_epoch=source_date_epoch, keep_nanoseconds=keep_nanoseconds)
     settings = {"compression": compression, "level": level, "threads": threads,
-                "options": options, "cancel": cancel, "progress": progress}  # fmt: skip
+                "options": options, "cancel": cancel, "progress": progress,
+                "digests": digests}  # fmt: skip
     if source == "tar":
         if list(parent_layer_paths):
             raise LayerError("a layer tar is already a changeset; it takes no parent layers")

@@ -55,10 +55,13 @@ _HINTS = {
 
 
 class AppliedLayer(NamedTuple):
-    """The result of an apply: file content bytes written, and the layer's diff_id."""
+    """The result of an apply: file content bytes written, and the layer's diff_id.
+
+    `diff_id` is None when the apply was asked for no digest.
+    """
 
     size: int
-    diff_id: str
+    diff_id: str | None
     compression: Compression
 
 
@@ -73,6 +76,7 @@ def import_layer_from_tar(
     cancel: threading.Event | None = None,
     expected_diff_id: str | None = None,
     progress: Progress | None = None,
+    digest: bool = True,
 ) -> AppliedLayer:
     """Apply the layer tar stream `reader` (plain, gzip or zstd) to the directory `path`.
 
@@ -94,6 +98,8 @@ def import_layer_from_tar(
         expected_diff_id: when given, the diff_id (`sha256:<hex>`) the stream must have.
         progress: when given, updated before each entry with the entries applied
             and the tar bytes read so far.
+        digest: compute the diff_id; when false, no sha256 is computed, the result's
+            diff_id is None, and `expected_diff_id` must not be given.
 
     Raises:
         TarFormatError: the stream is truncated or corrupt, or contains a duplicate path.
@@ -108,6 +114,8 @@ def import_layer_from_tar(
         raise ValueError(f"invalid target {target!r}: use 'rootfs' or 'overlay'")
     if parent_layer_paths and target != "overlay":
         raise ValueError("parent layers apply to overlay targets only")
+    if expected_diff_id is not None and not digest:
+        raise ValueError("expected_diff_id needs digest=True: the diff_id is computed to check it")
     options = ApplyOptions(rootless=rootless, skip_devices=skip_devices)
 
     def check_cancelled() -> None:
@@ -144,7 +152,7 @@ def import_layer_from_tar(
         else:
             applier = RootfsApplier(root_fd, options, check_cancelled)
         stream, compression = open_decompressor(reader)
-        hashing = HashingReader(stream)
+        hashing = HashingReader(stream, hashing=digest)
         tar = TarReader(hashing)
         if progress is not None:
             _apply_entries(tar, applier, _reporting(check_cancelled, progress, hashing))
@@ -161,9 +169,11 @@ def import_layer_from_tar(
             lower.close()
         os.close(root_fd)
 
-    if expected_diff_id is not None and hashing.digest != expected_diff_id:
-        raise DiffIdMismatchError(expected_diff_id, hashing.digest)
-    return AppliedLayer(written, hashing.digest, compression)
+    diff_id = hashing.digest
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        assert diff_id is not None  # digest is true whenever expected_diff_id is given
+        raise DiffIdMismatchError(expected_diff_id, diff_id)
+    return AppliedLayer(written, diff_id, compression)
 
 
 def _reporting(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from ocilayer.apply.applier import Applier, Origin
-from ocilayer.apply.paths import PATH_MAX, join
+from ocilayer.apply.paths import PATH_MAX
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import OcilayerError
 from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
@@ -107,8 +107,7 @@ class FileRuns:
             if not names:
                 return created
             tar.consume(consumed)
-            for name in names:
-                applier.layer_paths[join(real, name)] = Origin.OTHER
+            applier.layer_paths.set_children(real, names, Origin.OTHER)
             applier.bytes_written += data_bytes
             created += len(names)
             check(len(names))

@@ -127,6 +127,26 @@ class PathTree(Generic[Value]):
                 self._remember(path, leaf)
             return
 
+    def set_children(self, parent: bytes, names: list[bytes], value: Value) -> None:
+        """Record `parent/name` with `value` for each of `names`, single components.
+
+        It does what one `self[...] = value` for each name does, faster: it finds the
+        node of `parent` once and adds a leaf per name that is not recorded yet.
+        """
+        node = self._root if not parent else self._cache.get(parent)
+        for name in names:
+            if node is not None:
+                children = node.children
+                if children is None:
+                    children = node.children = {}
+                if name not in children:
+                    children[name] = _Node(name, value)
+                    continue
+            # No node ends at `parent` yet, or the name is recorded: the general case
+            # creates or splits nodes, and remembers the node of `parent` if it has one.
+            self[parent + b"/" + name if parent else name] = value
+            node = self._root if not parent else self._cache.get(parent)
+
     def discard(self, path: bytes) -> None:
         """Remove the value of `path`; it stays a member while it is an ancestor."""
         self._cache.clear()

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
                 skip_devices=args.skip_devices,
                 expected_diff_id=args.diff_id,
                 progress=progress,
+                # sha256 is a large part of the CPU time; compute it only when used.
+                digest=args.json or args.diff_id is not None,
             )
         if progress is not None:
             progress.finish()
