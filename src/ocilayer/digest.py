@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:
+    import hashlib
+
+
+def _sha256() -> hashlib._Hash:
+    import hashlib  # loads OpenSSL: a few milliseconds that a run without digests saves
+
+    return hashlib.sha256()
 
 
 def format_digest(hasher: hashlib._Hash) -> str:
@@ -20,7 +28,7 @@ class HashingWriter:
 
     def __init__(self, target: BinaryIO | None, *, hashing: bool = True) -> None:
         self._target = target
-        self.hasher = hashlib.sha256() if hashing else None
+        self.hasher = _sha256() if hashing else None
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -58,7 +66,7 @@ class HashingReader:
 
     def __init__(self, source: BinaryIO, *, hashing: bool = True) -> None:
         self._source = source
-        self.hasher = hashlib.sha256() if hashing else None
+        self.hasher = _sha256() if hashing else None
         self.size = 0
 
     def read(self, size: int = -1) -> bytes:

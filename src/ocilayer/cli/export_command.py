@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ocilayer.compression import Compression
-from ocilayer.export import export_layer_to_tar
 from ocilayer.progress import Progress
 from ocilayer.sink import open_output
 from ocilayer.xattrs import XattrPolicy
@@ -234,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_windows(args, compression)
     epoch = _source_date_epoch(args)
     include = [os.fsencode(path) for path in args.include]
+
+    # Imported here, so that the apply command does not load the export pipeline.
+    from ocilayer.export import export_layer_to_tar
 
     progress = Progress.on_terminal("export", quiet=args.quiet)
     with _open_output(args.output) as raw:
