@@ -6,8 +6,12 @@ every command of the group once, back to back, so the commands are interleaved a
 the page cache stays warm. Before each command, an untimed `sync` writes back what
 the previous one wrote. The table shows the median of the timed rounds. Outputs
 go to files under `<work dir>/out`; extractions go to a fresh directory every run
-(the previous one is moved aside and deleted at the end, because creating files
-right after deleting many is several times slower on ext4).
+(the previous one is moved aside, because creating files right after deleting many
+is several times slower on ext4). The moved-aside trees are deleted before the next
+extraction group, followed by a minute's pause, and at the end. Outputs over 1 GiB
+(the exports of the four 1 GiB files) are deleted once their sizes are recorded.
+Before an extraction group, the free space is checked against what its
+moved-aside trees will take.
 
 Peak RSS comes from one more run of each command under `/usr/bin/time -f %M`; for
 a pipeline it is the largest process of the pipeline.
@@ -78,6 +82,8 @@ class Group:
     comparisons: list[Comparison]
     # Timed rounds when the group needs fewer than --runs (peak RSS varies little).
     max_runs: int | None = None
+    # The layer tar that the commands extract, for the disk space check.
+    extracts: Path | None = None
 
 
 @dataclass
@@ -124,6 +130,32 @@ class Workspace:
         subprocess.Popen(["rm", "-rf", "--", str(doomed)], start_new_session=True)
         print(f"deleting {doomed} in the background", file=sys.stderr)
 
+    def empty_trash(self) -> None:
+        """Delete the old extraction targets now, then wait for ext4 to reuse their inodes."""
+        if not any(self.trash.iterdir()):
+            return
+        print(f"deleting {self.trash}, then pausing {INODE_PAUSE} s", file=sys.stderr, flush=True)
+        shutil.rmtree(self.trash)
+        self.trash.mkdir()
+        subprocess.run(["sync"], check=True)
+        time.sleep(INODE_PAUSE)
+
+    def check_space(self, group: Group, runs: int) -> None:
+        """Exit with a message when the disk cannot hold every extraction of `group`."""
+        if group.extracts is None:
+            return
+        extractions = sum(1 for item in group.commands if item.prepare) * (runs + 2)
+        # On ext4 an extracted tree of small files takes about 1.4 times its tar's size.
+        needed = int(group.extracts.stat().st_size * 1.5) * extractions
+        free = shutil.disk_usage(self.trash).free
+        if free < needed:
+            raise SystemExit(
+                f"{group.name} keeps {extractions} extracted trees of about "
+                f"{human_bytes(needed // extractions)} until it ends, {human_bytes(needed)} "
+                f"in all, but {self.trash.parent} has {human_bytes(free)} free: free some "
+                "space or pass fewer --runs"
+            )
+
     def fresh_dir_prepare(self, target: Path) -> str:
         """Return a shell line that moves `target` aside and creates it empty."""
         quoted, trash = shlex.quote(str(target)), shlex.quote(str(self.trash))
@@ -132,6 +164,11 @@ class Workspace:
 
 # Runs ocilayer without its C extensions, for a row that shows what they bring.
 PURE_PYTHON = "OCILAYER_PURE_PYTHON=1"
+# Seconds to wait after deleting many files: ext4 reuses an inode only some time
+# after it was freed, and creating files before that is several times slower.
+INODE_PAUSE = 60
+# Outputs larger than this are deleted once their sizes are recorded.
+KEPT_OUTPUT_BYTES = 1 << 30
 
 
 def export_group(ws: Workspace, name: str, title: str, tree: Path, pure: bool = True) -> Group:
@@ -311,7 +348,7 @@ def apply_group(ws: Workspace, name: str, title: str, tree: Path) -> Group:
         prepare=ws.fresh_dir_prepare(targets["ocilayer"]),
     ))  # fmt: skip
     comparisons.append(Comparison(pure_label, "GNU tar -xf"))
-    return Group(name, title, commands, comparisons)
+    return Group(name, title, commands, comparisons, extracts=layer)
 
 
 def memory_group(ws: Workspace, small_20k: Path, small_200k: Path) -> Group:
@@ -401,6 +438,10 @@ def measure(group: Group, runs: int, ws: Workspace) -> list[Result]:
             result.peak_rss_kib = peak_rss_kib(item, scratch)
             if item.output is not None and item.output.exists():
                 result.output_bytes = item.output.stat().st_size
+    for item in group.commands:
+        output = item.output
+        if output is not None and output.exists() and output.stat().st_size > KEPT_OUTPUT_BYTES:
+            output.unlink()
     return results
 
 
@@ -487,6 +528,9 @@ def main() -> int:
             print(f"{group.name}: {len(group.commands)} commands, {args.runs} runs",
                   file=sys.stderr, flush=True)  # fmt: skip
             runs = min(args.runs, group.max_runs or args.runs)
+            if group.extracts is not None:
+                ws.empty_trash()
+                ws.check_space(group, runs)
             results[group.name] = measure(group, runs, ws)
             loads[group.name] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     finally:

@@ -400,7 +400,7 @@ def test_escaping_name_error_names_the_entry(tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError) as raised:
         apply(tar(file("a/../../escape", "x")), tmp_path / "root")
     assert str(raised.value) == (
-        "entry b'a/../../escape': '..' climbs above the layer root (offset 0)"
+        "entry 'a/../../escape': '..' climbs above the layer root (offset 0)"
     )
 
 
@@ -419,7 +419,7 @@ def test_hardlink_through_host_symlink(
     tmp_path: Path, victim: Path, guarded: Callable[[], None]
 ) -> None:
     root = tmp_path / "root"
-    with pytest.raises(OcilayerError, match="names b'localvictim/hello', which does not exist"):
+    with pytest.raises(OcilayerError, match="names 'localvictim/hello', which does not exist"):
         apply(
             tar(symlink("localvictim", str(victim)), hardlink("linked", "localvictim/hello")), root
         )

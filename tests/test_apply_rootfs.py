@@ -43,9 +43,8 @@ from apply_helpers import (
 from ocilayer.apply import ApplyError, DiffIdMismatchError, import_layer_from_tar
 from ocilayer.apply.paths import remove_tree
 from ocilayer.compression import Compression
-from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
+from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError, show
 from ocilayer.tarformat.encoder import END_OF_ARCHIVE
-from ocilayer.tarformat.reader import shorten
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
@@ -190,7 +189,7 @@ def test_symlink_user_xattr_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
         apply(tar(symlink("l", "target", xattrs={b"user.key": b"v"})), root)
     assert os.readlink(root / "l") == "target"
     assert [record.getMessage() for record in caplog.records] == [
-        "entry b'l': could not set xattr b'user.key' (Operation not permitted); skipped"
+        "entry 'l': could not set xattr 'user.key' (Operation not permitted); skipped"
     ]
 
 
@@ -432,14 +431,14 @@ def test_paths_of_path_max_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ApplyError) as raised:
         apply(tar(file(name)), tmp_path / "root")
     assert str(raised.value) == (
-        f"entry b'{'c' * 200}'... (4096 bytes) (offset 0): the entry's path is 4096 bytes "
+        f"entry '{'c' * 200}'... (4096 bytes) (offset 0): the entry's path is 4096 bytes "
         f"long after cleaning; {PATH_MAX_RULE}"
     )
     target = "/".join(["c" * 255] * 20)
     with pytest.raises(ApplyError) as raised:
         apply(tar(file("target"), hardlink("link", target)), tmp_path / "root")
     assert str(raised.value) == (
-        "entry b'link' (offset 512): the entry's hardlink target is 5119 bytes long after "
+        "entry 'link' (offset 512): the entry's hardlink target is 5119 bytes long after "
         f"cleaning; {PATH_MAX_RULE}"
     )
     assert listing(tmp_path / "root") == {"target": "f 644 ''"}
@@ -458,7 +457,7 @@ def test_megabyte_path_is_rejected_in_short(deep_root: Path) -> None:
         tracemalloc.stop()
     shown = "c" * 200
     assert str(raised.value) == (
-        f"entry b'{shown}'... (1023999 bytes) (offset 0): the entry's path is 1023999 bytes "
+        f"entry '{shown}'... (1023999 bytes) (offset 0): the entry's path is 1023999 bytes "
         "long after cleaning; Linux paths are at most 4095 bytes (PATH_MAX is 4096 with "
         "the final NUL)"
     )
@@ -479,8 +478,8 @@ def test_symlinks_cannot_lengthen_a_path_past_path_max(
     with pytest.raises(ApplyError) as raised:
         apply(prefix + tar(file(name, "x")), tmp_path / "root")
     assert str(raised.value) == (
-        f"entry {shorten(name.encode())} (offset {len(prefix)}): "
-        f"{shorten(resolved.encode())} leads through symlinks to a path of {real_length} bytes "
+        f"entry {show(name.encode())} (offset {len(prefix)}): "
+        f"{show(resolved.encode())} leads through symlinks to a path of {real_length} bytes "
         "or more; Linux paths are at most 4095 bytes"
     )
     assert lstat_below(tmp_path / "root", longest).st_nlink == 2
@@ -581,13 +580,13 @@ def test_hardlink_to_a_missing_file_names_both(tmp_path: Path) -> None:
     with pytest.raises(ApplyError) as raised:
         apply(tar(file("a", "1"), hardlink("b", "missing")), tmp_path / "root")
     message = str(raised.value)
-    assert message.startswith("entry b'b' (offset 1024): hardlink b'b' names b'missing'")
+    assert message.startswith("entry 'b' (offset 1024): hardlink 'b' names 'missing'")
     assert raised.value.entry == b"b"
     assert raised.value.offset == 1024
 
 
 def test_hardlink_to_a_directory_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ApplyError, match="names the directory b'd'"):
+    with pytest.raises(ApplyError, match="names the directory 'd'"):
         apply(tar(directory("d/"), hardlink("l", "d")), tmp_path / "root")
 
 
@@ -751,19 +750,19 @@ def test_duplicate_file_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(TarFormatError) as raised:
         apply(data, tmp_path / "root")
     assert str(raised.value) == (
-        "entry b'etc/motd' (offset 1024): duplicate entry b'etc/motd': an earlier entry of "
-        "this layer already created that path, and a layer may hold each path only once"
+        "entry 'etc/motd' (offset 1024): duplicate path 'etc/motd': an earlier entry of "
+        "this layer already created it, and a layer may hold each path only once"
     )
 
 
 def test_duplicate_through_a_symlink_is_rejected(tmp_path: Path) -> None:
     data = tar(directory("etc/"), symlink("localetc", "etc"), file("etc/a"), file("localetc/a"))
-    with pytest.raises(TarFormatError, match="duplicate entry b'etc/a'"):
+    with pytest.raises(TarFormatError, match="duplicate path 'etc/a'"):
         apply(data, tmp_path / "root")
 
 
 def test_directory_then_file_at_one_path_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(TarFormatError, match="duplicate entry b'x'"):
+    with pytest.raises(TarFormatError, match="duplicate path 'x'"):
         apply(tar(directory("x/"), file("x")), tmp_path / "root")
 
 
@@ -831,8 +830,8 @@ def test_device_without_mknod_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == (
-        "ocilayer.apply.errors.ApplyError: entry b'dev/null' (offset 1024): cannot create "
-        "device node b'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, "
+        "ocilayer.apply.errors.ApplyError: entry 'dev/null' (offset 1024): cannot create "
+        "device node 'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, "
         "or pass skip_devices=True to skip device nodes with a warning"
     )
     assert temp_files(tmp_path / "root") == []
@@ -844,7 +843,7 @@ def test_device_without_mknod_is_skipped_on_request(tmp_path: Path) -> None:
     result = run_without_mknod(layer, tmp_path / "root", skip_devices=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == (
-        "skipped device node b'dev/null' (1:3): creating device nodes needs CAP_MKNOD\n"
+        "skipped device node 'dev/null' (1:3): creating device nodes needs CAP_MKNOD\n"
     )
     assert listing(tmp_path / "root") == {
         "dev": "d 755",
@@ -876,7 +875,7 @@ def test_special_files_in_a_user_namespace(tmp_path: Path) -> None:
     result = run_in_user_namespace(SPECIAL_FILES, tmp_path / "root", skip_devices=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr == (
-        "skipped device node b'dev/null' (1:3): creating device nodes needs CAP_MKNOD\n"
+        "skipped device node 'dev/null' (1:3): creating device nodes needs CAP_MKNOD\n"
     )
     assert listing(tmp_path / "root") == {
         "dev": "d 755",
@@ -891,8 +890,8 @@ def test_unmapped_owner_names_the_id(tmp_path: Path) -> None:
     result = run_in_user_namespace(layer, tmp_path / "root")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "ocilayer.apply.errors.ApplyError: entry b'big-owner' (offset 0): cannot give "
-        "b'big-owner' the owner 4294967294:1000240000: the id is not mapped in this user "
+        "ocilayer.apply.errors.ApplyError: entry 'big-owner' (offset 0): cannot give "
+        "'big-owner' the owner 4294967294:1000240000: the id is not mapped in this user "
         "namespace; map it, or pass rootless=True to apply no file owners"
     )
     assert temp_files(tmp_path / "root") == []
@@ -957,7 +956,7 @@ def test_rootless_apply_keeps_the_users_ownership(nobody_target: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (
         result.stderr
-        == "entry b'ro/f': could not set xattr b'trusted.t' (Operation not permitted); skipped\n"
+        == "entry 'ro/f': could not set xattr 'trusted.t' (Operation not permitted); skipped\n"
     )
     assert listing(target, owners=True) == {
         "ro": "d 555 65534:65534",
@@ -972,7 +971,7 @@ def test_unprivileged_apply_without_rootless_fails_with_a_hint(nobody_target: Pa
     result = run_as_nobody(ROOTLESS_LAYER, nobody_target)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "ocilayer.apply.errors.ApplyError: entry b'ro/' (offset 0): Operation not permitted; "
+        "ocilayer.apply.errors.ApplyError: entry 'ro/' (offset 0): Operation not permitted; "
         "apply as root, or pass rootless=True to apply no file owners and skip the xattrs that "
         "need privileges"
     )
@@ -1172,7 +1171,7 @@ def test_truncated_stream_keeps_the_old_file(tmp_path: Path) -> None:
     root = tmp_path / "root"
     apply(tar(file("etc/motd", "good")), root)
     data = tar(file("etc/motd", b"x" * 5000))
-    with pytest.raises(TarFormatError, match="entry b'etc/motd' is missing"):
+    with pytest.raises(TarFormatError, match="entry 'etc/motd' is missing"):
         apply(data[:2000], root)
     assert (root / "etc/motd").read_bytes() == b"good"
     assert temp_files(root) == []

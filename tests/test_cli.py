@@ -113,7 +113,6 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
         (["--json"], {}, "--json prints to stdout, so it needs -o FILE"),
         ([], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday' is not"),
         (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
-        (["-o", "{out}/missing/layer.tar"], {}, "/missing' does not exist; create it first"),
         (["-o", "{dir}"], {}, "is a directory; give the path of the file to write"),
         (["-o", "{out}.tar.bz2"], {}, "OCI layers are plain, gzip or zstd"),
         (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is out of range"),
@@ -128,6 +127,36 @@ def test_usage_errors(
     assert message in result.stderr.decode()
     assert result.stderr.decode().startswith("usage: ocilayer export ")
     assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+def test_missing_output_directory_fails_like_a_missing_layer(tree: Path, tmp_path: Path) -> None:
+    output = tmp_path / "missing" / "layer.tar"
+    result = run("export", str(tree), "-o", str(output))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: -o '{output}': directory '{output.parent}' does not exist; "
+        "create it first\n"
+    )
+    missing_layer = run("export", str(tmp_path / "nolayer"), "-o", str(tmp_path / "layer.tar"))
+    assert missing_layer.returncode == 1
+    assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+def test_layer_that_is_a_file_suggests_the_tar_source(tree: Path, tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(bytes(1024))
+    result = run("export", str(layer), "-o", str(tmp_path / "out.tar"))
+    assert (result.returncode, result.stderr.decode()) == (
+        1,
+        f"ocilayer: error: layer '{layer}' is not a directory; pass a layer directory, or "
+        "add --source tar to read a layer tar\n",
+    )
+    as_parent = run("export", str(tree), "--parent", str(layer), "-o", str(tmp_path / "out.tar"))
+    assert (as_parent.returncode, as_parent.stderr.decode()) == (
+        1,
+        f"ocilayer: error: parent layer '{layer}' is not a directory; pass a layer directory\n",
+    )
+    assert sorted(os.listdir(tmp_path)) == ["layer.tar", "tree"]
 
 
 def test_debug_accepted_after_subcommand(tree: Path) -> None:

@@ -89,12 +89,23 @@ def test_diff_id_mismatch_fails(tmp_path: Path) -> None:
     )
 
 
+def test_hostile_names_are_shown_escaped(tmp_path: Path) -> None:
+    # A name that would recolour the terminal, with a byte that is not UTF-8.
+    name = b"\x1b[31mred\xff/../../../escape"
+    result = run("apply", "-", str(tmp_path / "root"), stdin=tar(file(name, "x")))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        "ocilayer: error: entry '\\x1b[31mred\\xff/../../../escape': '..' climbs above the "
+        "layer root (offset 0)\n"
+    )
+
+
 def test_unsafe_entry_fails_naming_it(tmp_path: Path) -> None:
     layer = tar(file("ok", "1"), file("a/../../escape", "x"))
     result = run("apply", "-", str(tmp_path / "root"), stdin=layer)
     assert result.returncode == 1
     assert result.stderr.decode() == (
-        "ocilayer: error: entry b'a/../../escape': '..' climbs above the layer root (offset 1024)\n"
+        "ocilayer: error: entry 'a/../../escape': '..' climbs above the layer root (offset 1024)\n"
     )
     assert listing(tmp_path) == {"root": "d 755", "root/ok": "f 644 '1'"}
 
@@ -108,18 +119,18 @@ OUT_OF_RANGE = "is out of range; tar numbers must fit in a signed 64-bit integer
         (
             "rootfs",
             file("late", mtime_ns=10**20 * 10**9),
-            f"entry b'late' at offset 0: PAX mtime record b'100000000000000000000' {OUT_OF_RANGE}",
+            f"entry 'late' at offset 0: PAX mtime record '100000000000000000000' {OUT_OF_RANGE}",
         ),
         (
             "overlay",
             raw_pax_entry("many", {b"uid": b"1" + b"0" * 5000}),
-            f"entry b'many' at offset 0: PAX uid record b'100000000000000000000000'... "
+            f"entry 'many' at offset 0: PAX uid record '100000000000000000000000'... "
             f"(5001 bytes) {OUT_OF_RANGE}",
         ),
         (
             "windows",
             raw_pax_entry("f", {b"MSWINDOWS.fileattr": b"9" * 5000}),
-            "b'f': invalid MSWINDOWS.fileattr b'999999999999999999999999'... (5000 bytes); "
+            "'f': invalid MSWINDOWS.fileattr '999999999999999999999999'... (5000 bytes); "
             "expected a decimal 32-bit number",
         ),
     ],
@@ -141,7 +152,7 @@ def test_huge_numbers_fail_without_traceback(
         (b"hello\n", "tar stream is truncated inside the header at offset 0; the stream is "
                      "cut short or not a tar"),
         (b"not a tar at all " * 64, "header at offset 0 has an invalid checksum field "
-                                   "b' all not'; the stream is corrupt or not a tar"),
+                                   "' all not'; the stream is corrupt or not a tar"),
     ],
     ids=["short-text", "long-text"],
 )  # fmt: skip
@@ -182,7 +193,7 @@ def test_privilege_hint_names_the_option(shared_directory: Path) -> None:
     layer = tar(directory("d/"), file("d/f", "x"))
     stderr = run_failing([*AS_NOBODY, *OCILAYER, "apply", "-", str(target)], layer)
     assert stderr == (
-        "ocilayer: error: entry b'd/' (offset 0): Operation not permitted; apply as root, or "
+        "ocilayer: error: entry 'd/' (offset 0): Operation not permitted; apply as root, or "
         "use --rootless to apply no file owners and skip the xattrs that need privileges\n"
     )
 
@@ -193,7 +204,7 @@ def test_permission_denied_said_once(shared_directory: Path) -> None:
     command = [*AS_NOBODY, *OCILAYER, "apply", "-", str(target), "--rootless"]
     stderr = run_failing(command, tar(file("f", "x")))
     assert stderr == (
-        "ocilayer: error: entry b'f' (offset 0): Permission denied; check that this user may "
+        "ocilayer: error: entry 'f' (offset 0): Permission denied; check that this user may "
         "write to the target, or apply as root\n"
     )
 
@@ -203,8 +214,8 @@ def test_device_hint_names_the_option(tmp_path: Path) -> None:
     command = ["capsh", "--drop=cap_mknod", "--", "-c", f"exec {apply_command}"]
     layer = tar(entry("dev/null", b"3", mode=0o666, devmajor=1, devminor=3))
     assert run_failing(command, layer) == (
-        "ocilayer: error: entry b'dev/null' (offset 0): cannot create device node "
-        "b'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, or use "
+        "ocilayer: error: entry 'dev/null' (offset 0): cannot create device node "
+        "'dev/null' (1:3): creating device nodes needs CAP_MKNOD; apply as root, or use "
         "--skip-devices to skip device nodes with a warning\n"
     )
 

@@ -524,7 +524,7 @@ def test_source_read_error_names_an_entry(tmp_path: Path) -> None:
     """A read error of the source met while reading ahead is an ApplyError with context."""
     layer = tar(b"".join(file(f"d/f{index:04}", "x" * 3000) for index in range(400)))
     reader = io.BufferedReader(_FailingReader(layer, 600_000))
-    with pytest.raises(ApplyError, match=r"^entry b'd/f\d{4}' \(offset \d+\): Input/output error"):
+    with pytest.raises(ApplyError, match=r"^entry 'd/f\d{4}' \(offset \d+\): Input/output error"):
         import_layer_from_tar(reader, tmp_path / "target")
 
 
@@ -973,8 +973,8 @@ def test_duplicate_in_run_names_the_entry(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     assert in_c.error == (
         "TarFormatError",
-        "entry b'd/b' (offset 3072): duplicate entry b'd/b': an earlier entry of this layer "
-        "already created that path, and a layer may hold each path only once",
+        "entry 'd/b' (offset 3072): duplicate path 'd/b': an earlier entry of this layer "
+        "already created it, and a layer may hold each path only once",
     )
 
 
@@ -1138,7 +1138,7 @@ def test_failed_system_call_hands_entry_back(
     assert b"d/c" not in in_c.created_in_c
     assert in_c.error == (
         "ApplyError",
-        "entry b'd/c' (offset 2048): Operation not permitted; apply as root, or pass "
+        "entry 'd/c' (offset 2048): Operation not permitted; apply as root, or pass "
         "rootless=True to apply no file owners and skip the xattrs that need privileges",
     )
     assert sorted(os.listdir(in_c.target / "d")) == ["a", "b"]
@@ -1163,7 +1163,7 @@ def test_read_only_directory_same_result(
     else:
         assert in_c.error == (
             "ApplyError",
-            "entry b'ro/a' (offset 512): Permission denied; check that this user may write "
+            "entry 'ro/a' (offset 512): Permission denied; check that this user may write "
             "to the target, or apply as root",
         )
         assert os.listdir(in_c.target / "ro") == []
@@ -1209,7 +1209,7 @@ def test_full_filesystem_hands_entry_back(
     assert in_c.created_in_c == [b"d/f0", b"d/f1", b"d/f2", b"d/f3", b"d/f4"]
     assert in_c.error == pure_python.error
     assert in_c.error is not None
-    assert in_c.error[1].startswith("entry b'd/f5' (offset ")
+    assert in_c.error[1].startswith("entry 'd/f5' (offset ")
     assert in_c.error[1].endswith(": No space left on device; the target filesystem is full")
     assert_same_trees(in_c.target, pure_python.target, window)
     assert sorted(os.listdir(in_c.target / "d")) == ["a", "f0", "f1", "f2", "f3", "f4"]

@@ -286,7 +286,7 @@ def test_file_info_long_attributes() -> None:
     with pytest.raises(TarFormatError) as raised:
         file_info_from_header(header)
     assert str(raised.value) == (
-        "b'f': invalid MSWINDOWS.fileattr b'999999999999999999999999'... (5000 bytes); "
+        "'f': invalid MSWINDOWS.fileattr '999999999999999999999999'... (5000 bytes); "
         "expected a decimal 32-bit number"
     )
     header.pax_records[b"MSWINDOWS.fileattr"] = b"0" * 5000 + b"32"

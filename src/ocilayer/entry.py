@@ -13,6 +13,8 @@ from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import BinaryIO, NamedTuple
 
+from ocilayer.errors import show
+
 EMPTY_XATTRS: Mapping[bytes, bytes] = MappingProxyType({})
 
 
@@ -40,6 +42,11 @@ class FileType(enum.Enum):
     FIFO = b"6"
     SOCKET = b""
 
+    @property
+    def description(self) -> str:
+        """The type in words, for messages: "regular file", "symlink", ..."""
+        return _DESCRIPTIONS[self]
+
     @classmethod
     def from_mode(cls, st_mode: int) -> FileType:
         """Map the type bits of `st_mode` to a file type."""
@@ -54,6 +61,16 @@ _TYPE_BY_IFMT = {
     stat.S_IFBLK: FileType.BLOCK,
     stat.S_IFIFO: FileType.FIFO,
     stat.S_IFSOCK: FileType.SOCKET,
+}
+_DESCRIPTIONS = {
+    FileType.REGULAR: "regular file",
+    FileType.HARDLINK: "hardlink",
+    FileType.SYMLINK: "symlink",
+    FileType.CHAR: "character device",
+    FileType.BLOCK: "block device",
+    FileType.DIRECTORY: "directory",
+    FileType.FIFO: "FIFO",
+    FileType.SOCKET: "socket",
 }
 
 
@@ -132,7 +149,7 @@ class Entry(NamedTuple):
             return open(self.source_path, "rb")
         if self.opener is not None:
             return self.opener()
-        raise ValueError(f"entry {self.path!r} has no content to read")
+        raise ValueError(f"entry {show(self.path)} has no content to read")
 
 
 # Builds an Entry from a tuple of all its fields in order: `new_entry(Entry, values)`.

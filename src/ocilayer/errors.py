@@ -25,3 +25,35 @@ class OutputError(OcilayerError):
 
 class Cancelled(OcilayerError):
     """The operation was cancelled before it finished."""
+
+
+# Bytes of a name or value that a message shows before it cuts the rest.
+MAX_SHOWN = 200
+
+
+def show(value: bytes, limit: int = MAX_SHOWN) -> str:
+    """Return `value` quoted for a message: UTF-8 text as it is, anything else escaped.
+
+    A tar name or record is raw bytes from a file that may be hostile. Bytes that are
+    not UTF-8 become `\\xNN`. Control characters, quotes and backslashes are escaped
+    as in Python, so a message never carries a terminal escape sequence. A value
+    longer than `limit` bytes is cut, and its length given.
+    """
+    text = value[:limit].decode("utf-8", "surrogateescape")
+    if text.isprintable() and "'" not in text and "\\" not in text:
+        quoted = text
+    else:
+        quoted = "".join(_escape(char) for char in text)
+    if len(value) > limit:
+        return f"'{quoted}'... ({len(value)} bytes)"
+    return f"'{quoted}'"
+
+
+def _escape(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte that is not UTF-8, kept by surrogateescape
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    if char == "'":
+        return "\\'"
+    if char.isprintable() and char != "\\":
+        return char
+    return repr(char)[1:-1]

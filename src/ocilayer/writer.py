@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import LayerError, OutputError
+from ocilayer.errors import LayerError, OutputError, show
 from ocilayer.sources.packed import PackedEntries
 from ocilayer.sources.snapshot import changed_size, open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
@@ -255,7 +255,7 @@ class LayerTarWriter:
             try:
                 entry = self._lookup(parent)
             except OSError as error:
-                raise LayerError(f"cannot read parent directory {parent!r}: {error}") from error
+                raise LayerError(f"cannot read parent directory {show(parent)}: {error}") from error
             self._written_dirs.add(parent)
             self._write_header(self._header(entry), True)
 

@@ -31,9 +31,9 @@ from ocilayer.apply.overlay import OverlayApplier
 from ocilayer.apply.rootfs import RootfsApplier
 from ocilayer.compression import Compression, open_decompressor
 from ocilayer.digest import HashingReader
-from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError
+from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError, show
 from ocilayer.progress import Progress
-from ocilayer.tarformat.reader import TarReader, shorten
+from ocilayer.tarformat.reader import TarReader
 
 __all__ = [
     "AppliedLayer",
@@ -225,7 +225,7 @@ def _apply_entries(tar: TarReader, applier: Applier, check: Callable[[int], None
 
 def _raise_with_context(error: Exception, tar: TarReader) -> NoReturn:
     """Raise `error` again with the failing entry's name and offset in front."""
-    context = f"entry {shorten(tar.entry_name)} (offset {tar.entry_offset})"
+    context = f"entry {show(tar.entry_name)} (offset {tar.entry_offset})"
     if isinstance(error, (UnsafePathError, TarFormatError)):
         raise type(error)(f"{context}: {error}") from error
     if isinstance(error, ApplyError):

@@ -55,7 +55,7 @@ from ocilayer.apply.paths import (
 )
 from ocilayer.apply.pathtree import PathTree
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import TarFormatError, UnsafePathError
+from ocilayer.errors import TarFormatError, UnsafePathError, show
 
 logger = logging.getLogger("ocilayer.apply")
 
@@ -115,8 +115,10 @@ class Applier:
         # nested directories: (path of the deepest, length of the first one's path).
         # A run stores one path, so a deep entry costs memory linear in its length.
         self.created_directories: list[tuple[bytes, int]] = []
-        # (real path, atime, mtime, mode) of every directory whose times to set at the end.
-        self.directory_times: list[tuple[bytes, int, int, int]] = []
+        # Directories whose times to set at the end: sort key of the real path (see
+        # `record_directory`) -> (atime, mtime, mode); a later entry replaces an earlier.
+        # `finish` adds the directories of `restore_modes` with None times.
+        self.directory_times: dict[bytes, tuple[int | None, int | None, int]] = {}
         # Rootless: the modes of existing directories that were given owner rwx to
         # work in them, restored at the end unless the layer sets its own.
         self.restore_modes: dict[bytes, int] = {}
@@ -146,7 +148,7 @@ class Applier:
         if existing is not None:
             if self.layer_paths.get(path) is not None:
                 raise TarFormatError(
-                    f"entry path {path!r} is not a directory, but a later entry of this "
+                    f"entry path {show(path)} is not a directory, but a later entry of this "
                     "layer is inside it"
                 )
             self.remove(dir_fd, name, existing)
@@ -257,12 +259,12 @@ class Applier:
             return
         if origin is Origin.ANCESTOR:
             raise TarFormatError(
-                f"entry {path!r} is a {entry.type.name.lower()}, but earlier entries of "
-                "this layer are inside that path"
+                f"cannot create a {entry.type.description} at {show(path)}: earlier entries "
+                "of this layer are inside that path"
             )
         raise TarFormatError(
-            f"duplicate entry {path!r}: an earlier entry of this layer already created "
-            "that path, and a layer may hold each path only once"
+            f"duplicate path {show(path)}: an earlier entry of this layer already created "
+            "it, and a layer may hold each path only once"
         )
 
     def _add_directory(self, entry: Entry, location: Location) -> None:
@@ -284,7 +286,12 @@ class Applier:
             self.directory_created(location, existing)
         self.metadata.apply_at(dir_fd, name, entry, mode=mode, replace_xattrs=merged)
         atime, mtime = entry_times(entry)
-        self.directory_times.append((location.path, atime, mtime, entry.mode))
+        self.record_directory(location.path, atime, mtime, entry.mode)
+
+    def record_directory(self, path: bytes, atime: int, mtime: int, mode: int) -> None:
+        """Record the times and mode to give directory `path` after the last entry."""
+        # Stored under the key that `finish` sorts by, so that sorting needs no copies.
+        self.directory_times[path.replace(b"/", b"\x00")] = (atime, mtime, mode)
 
     def directory_created(self, location: Location, replaced: os.stat_result | None) -> None:
         """Hook run when an entry creates a new directory, before its metadata is set."""
@@ -300,7 +307,7 @@ class Applier:
         if entry.type is FileType.HARDLINK:
             return self._add_hardlink(entry, location, lstat_at(location.dir_fd, location.name))
         if entry.type not in (FileType.REGULAR, FileType.SYMLINK, *_DEVICE_TYPES):
-            raise TarFormatError(f"entry {entry.path!r} has the unsupported type {entry.type}")
+            raise TarFormatError(f"entry {show(entry.path)} has the unsupported type {entry.type}")
         dir_fd = location.dir_fd
         try:
             created = self._create(entry, dir_fd, location.name)
@@ -384,12 +391,12 @@ class Applier:
                 self.metadata.warn(
                     "skipped device node",
                     b"",
-                    f"skipped device node {entry.path!r} ({entry.devmajor}:{entry.devminor}): "
+                    f"skipped device node {show(entry.path)} ({entry.devmajor}:{entry.devminor}): "
                     "creating device nodes needs CAP_MKNOD",
                 )
                 return False
             raise ApplyError(
-                f"cannot create device node {entry.path!r} ({entry.devmajor}:"
+                f"cannot create device node {show(entry.path)} ({entry.devmajor}:"
                 f"{entry.devminor}): creating device nodes needs CAP_MKNOD",
                 hint=NEEDS_MKNOD,
             ) from None
@@ -401,13 +408,14 @@ class Applier:
         found = self.find_link_target(entry)
         if found is None:
             raise ApplyError(
-                f"hardlink {entry.path!r} names {entry.linkname!r}, which does not exist; a "
-                "hardlink must name a file that an earlier entry or a lower layer created"
+                f"hardlink {show(entry.path)} names {show(entry.linkname)}, which does not "
+                "exist; a hardlink must name a file that an earlier entry or a lower layer "
+                "created"
             )
         target, target_stat = found
         if stat.S_ISDIR(target_stat.st_mode):
             raise ApplyError(
-                f"hardlink {entry.path!r} names the directory {entry.linkname!r}; only "
+                f"hardlink {show(entry.path)} names the directory {show(entry.linkname)}; only "
                 "files can be hardlinked"
             )
         if existing is not None and (existing.st_dev, existing.st_ino) == (
@@ -485,18 +493,17 @@ class Applier:
         permission never blocks the way to a directory below it. The walk keeps the
         current chain of directories open, so a deep tree takes time linear in its size.
         """
-        # Path -> ((atime, mtime) or None to keep the times, mode); a later entry wins.
-        final: dict[bytes, tuple[tuple[int, int] | None, int]] = {
-            path: (None, mode) for path, mode in self.restore_modes.items()
-        }
-        for path, atime, mtime, mode in self.directory_times:
-            final[path] = ((atime, mtime), mode)
+        # A directory of this layer keeps the times and mode of its entry. The others
+        # that rootless mode opened up get their modes back, and keep their times.
+        final = self.directory_times
+        for path, mode in self.restore_modes.items():
+            final.setdefault(path.replace(b"/", b"\x00"), (None, None, mode))
         # With `/` as NUL, a directory sorts right before its descendants, so in
         # reverse order every descendant comes before its ancestors.
-        ordered = sorted(final, key=lambda path: path.replace(b"/", b"\x00"), reverse=True)
         chain = DirectoryChain(self.root_fd)
         try:
-            for path in ordered:
+            for key in sorted(final, reverse=True):
+                path = key.replace(b"\x00", b"/")
                 parent_fd = chain.open(parent_of(path))
                 if parent_fd is None:
                     continue
@@ -504,11 +511,11 @@ class Applier:
                 existing = lstat_at(parent_fd, name)
                 if existing is None or not stat.S_ISDIR(existing.st_mode):
                     continue
-                times, mode = final[path]
+                atime, mtime, mode = final[key]
                 if self.options.rootless:
                     os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)
-                if times is not None:
-                    os.utime(name, ns=times, dir_fd=parent_fd, follow_symlinks=False)
+                if atime is not None and mtime is not None:
+                    os.utime(name, ns=(atime, mtime), dir_fd=parent_fd, follow_symlinks=False)
         finally:
             chain.close()
         self.metadata.log_summary()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from ocilayer.apply.errors import UNMAPPED_ID, ApplyError
 from ocilayer.entry import Entry, FileType
+from ocilayer.errors import show
 from ocilayer.xattrs import is_host_specific
 
 logger = logging.getLogger("ocilayer.apply")
@@ -125,7 +126,7 @@ class MetadataWriter:
                 self.warn(
                     "kept xattr",
                     name,
-                    f"entry {entry.path!r}: could not remove xattr {name!r} "
+                    f"entry {show(entry.path)}: could not remove xattr {show(name)} "
                     f"({os.strerror(error.errno or 0)}); kept",
                 )
 
@@ -137,7 +138,7 @@ class MetadataWriter:
                 self.warn(
                     "skipped overlay xattr",
                     key,
-                    f"entry {entry.path!r}: skipped the overlay-private xattr {key!r}; "
+                    f"entry {show(entry.path)}: skipped the overlay-private xattr {show(key)}; "
                     "a layer may not set overlay whiteouts or redirects directly",
                 )
             elif key == CAPABILITY_XATTR:
@@ -161,7 +162,7 @@ class MetadataWriter:
             self.warn(
                 "skipped xattr",
                 key,
-                f"entry {entry.path!r}: could not set xattr {key!r} ({reason}); skipped",
+                f"entry {show(entry.path)}: could not set xattr {show(key)} ({reason}); skipped",
             )
 
     def _tolerable(self, error: OSError, key: bytes, entry: Entry) -> bool:
@@ -192,7 +193,7 @@ def _chown(entry: Entry, chown: Callable[..., None], *target: object) -> None:
         if error.errno != errno.EINVAL:
             raise
         raise ApplyError(
-            f"cannot give {entry.path!r} the owner {uid}:{gid}: the id is not mapped in this "
+            f"cannot give {show(entry.path)} the owner {uid}:{gid}: the id is not mapped in this "
             "user namespace",
             hint=UNMAPPED_ID,
         ) from None

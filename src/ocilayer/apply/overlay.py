@@ -132,7 +132,7 @@ class OverlayApplier(Applier):
         mode = stat.S_IMODE(st.st_mode)
         os.chmod(name, mode | 0o700 if self.options.rootless else mode, dir_fd=dir_fd,
                  follow_symlinks=False)  # fmt: skip
-        self.directory_times.append((path, st.st_atime_ns, st.st_mtime_ns, mode))
+        self.record_directory(path, st.st_atime_ns, st.st_mtime_ns, mode)
 
     def directory_created(self, location: Location, replaced: os.stat_result | None) -> None:
         if replaced is None:

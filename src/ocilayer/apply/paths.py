@@ -23,8 +23,7 @@ from typing import NamedTuple, Protocol
 
 from ocilayer.apply.errors import ApplyError
 from ocilayer.entry import parent_of
-from ocilayer.errors import UnsafePathError
-from ocilayer.tarformat.reader import shorten
+from ocilayer.errors import UnsafePathError, show
 
 # Linux gives up after 40 symlinks in one lookup (ELOOP); so does the resolver.
 MAX_SYMLINKS = 40
@@ -133,7 +132,7 @@ def _check_real_length(path: bytes, real: bytes) -> None:
     """Raise ApplyError when symlinks on the way make `path` longer than Linux allows."""
     if len(real) >= PATH_MAX:
         raise ApplyError(
-            f"{shorten(path)} leads through symlinks to a path of {len(real)} bytes or "
+            f"{show(path)} leads through symlinks to a path of {len(real)} bytes or "
             f"more; Linux paths are at most {PATH_MAX - 1} bytes"
         )
 
@@ -284,7 +283,7 @@ class Resolver:
                         parent = parent_of(real)
                         parent_fd = open_real_directory(self.root_fd, parent)
                         if parent_fd is None:
-                            raise UnsafePathError(f"directory {parent!r} vanished during apply")
+                            raise UnsafePathError(f"directory {show(parent)} vanished during apply")
                         move_to(parent_fd, parent)
                     continue
 
@@ -321,7 +320,7 @@ class Resolver:
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise UnsafePathError(
-                        f"too many levels of symbolic links while resolving {path!r}"
+                        f"too many levels of symbolic links while resolving {show(path)}"
                     )
                 if target.startswith(b"/"):
                     move_to(self.root_fd, b"")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ocilayer.compression import Compression
+from ocilayer.errors import OutputError
 from ocilayer.progress import Progress
 from ocilayer.sink import open_output
 from ocilayer.xattrs import XattrPolicy
@@ -179,7 +180,9 @@ def _check_output_name(output: str) -> None:
         )
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
-        raise UsageError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
+        # A missing path, like a missing layer directory, fails the run (status 1):
+        # the command line itself is right.
+        raise OutputError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
     if os.path.isdir(output):
         raise UsageError(f"-o {output!r} is a directory; give the path of the file to write")
 

@@ -328,7 +328,11 @@ def _directory(path: str | bytes | os.PathLike[str], what: str = "layer") -> byt
     except OSError as error:
         raise LayerError(f"cannot read {what} directory {os.fsdecode(full)!r}: {error}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise LayerError(f"{what} {os.fsdecode(full)!r} is not a directory; a layer is a directory")
+        # A layer given as a file is most often a layer tar, which the tar source reads.
+        hint = ", or add --source tar to read a layer tar" if what == "layer" else ""
+        raise LayerError(
+            f"{what} {os.fsdecode(full)!r} is not a directory; pass a layer directory{hint}"
+        )
     return full
 
 

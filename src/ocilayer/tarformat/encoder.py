@@ -19,7 +19,7 @@ from __future__ import annotations
 import posixpath
 from zlib import adler32
 
-from ocilayer.errors import TarFormatError
+from ocilayer.errors import TarFormatError, show
 
 BLOCK_SIZE = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK_SIZE)
@@ -266,9 +266,9 @@ def _pax_extended_header(name: bytes, records: dict[bytes, bytes]) -> bytes:
 
 def _check_record(key: bytes, value: bytes, entry: bytes) -> None:
     if not key or b"=" in key or b"\x00" in key:
-        raise TarFormatError(f"{entry!r}: invalid PAX record key {key!r}")
+        raise TarFormatError(f"{show(entry)}: invalid PAX record key {show(key)}")
     if key in (b"path", b"linkpath", b"uname", b"gname") and b"\x00" in value:
-        raise TarFormatError(f"{entry!r}: PAX record {key.decode()} contains a NUL byte")
+        raise TarFormatError(f"{show(entry)}: PAX record {key.decode()} contains a NUL byte")
 
 
 _USTAR_TAIL = _MAGIC_USTAR + bytes(64)
@@ -335,7 +335,7 @@ def encode_header(h: TarHeader) -> bytes:
     name ends in `/`, or a record with NUL where none may be.
     """
     if h.typeflag in (b"0", b"3", b"4", b"6") and h.name.endswith(b"/"):
-        raise TarFormatError(f"{h.name!r}: a file name may not end with '/'")
+        raise TarFormatError(f"{show(h.name)}: a file name may not end with '/'")
     mtime_ns, atime_ns, ctime_ns = h.mtime_ns, h.atime_ns, h.ctime_ns
     if not h.format_pax:
         mtime_ns = (mtime_ns + 500_000_000) // 1_000_000_000 * 1_000_000_000
@@ -363,7 +363,7 @@ def encode_header(h: TarHeader) -> bytes:
 
     for label, number in (("mode", h.mode), ("devmajor", h.devmajor), ("devminor", h.devminor)):
         if not fits_octal(number, 8):
-            raise TarFormatError(f"{name!r}: {label} {number} does not fit a tar header")
+            raise TarFormatError(f"{show(name)}: {label} {number} does not fit a tar header")
     for key, number, width in ((b"uid", h.uid, 8), (b"gid", h.gid, 8), (b"size", h.size, 12)):
         if not fits_octal(number, width):
             ustar_ok = False
@@ -397,7 +397,7 @@ def encode_header(h: TarHeader) -> bytes:
     if not records:
         # Only possible for a header whose format was not requested and that still
         # cannot be USTAR; Go would pick GNU here, which layer writers never produce.
-        raise TarFormatError(f"{name!r}: header needs the GNU tar format")
+        raise TarFormatError(f"{show(name)}: header needs the GNU tar format")
     for key, value in records.items():
         _check_record(key, value, name)
     return _pax_extended_header(name, records) + _ustar_block(h, name, b"", mtime, ascii_only=True)

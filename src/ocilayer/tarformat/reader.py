@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from ocilayer.entry import ChangeKind, Entry, FileType, new_entry
-from ocilayer.errors import TarFormatError, UnsafePathError
+from ocilayer.errors import TarFormatError, UnsafePathError, show
 from ocilayer.tarformat.encoder import byte_sum
 
 BLOCK_SIZE = 512
@@ -57,7 +57,6 @@ MAX_SPECIAL_SIZE = 1 << 20
 MAX_INT64 = (1 << 63) - 1
 _MAX_INT64_DIGITS = len(str(MAX_INT64))
 # Error messages cut names and numbers longer than these to this many bytes.
-_MAX_SHOWN = 200
 _MAX_SHOWN_NUMBER = 24
 
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -114,7 +113,7 @@ def clean_entry_path(raw: bytes) -> bytes:
             continue
         if component == b"..":
             if not parts:
-                raise UnsafePathError(f"entry {raw!r}: '..' climbs above the layer root")
+                raise UnsafePathError(f"entry {show(raw)}: '..' climbs above the layer root")
             parts.pop()
             continue
         parts.append(component)
@@ -285,7 +284,7 @@ class TarReader:
             self._content = None
         if self._pending_skip:
             count, self._pending_skip = self._pending_skip, 0
-            self._skip(count, f"entry {self.entry_name!r}")
+            self._skip(count, f"entry {show(self.entry_name)}")
 
     # Headers
 
@@ -377,14 +376,14 @@ class TarReader:
         if typeflag == _GNU_SPARSE:
             # TODO: expand GNU sparse entries; layers SHOULD NOT contain them (image-spec).
             raise TarFormatError(
-                f"entry {header.name!r} at offset {header.offset} is a GNU sparse file, "
+                f"entry {show(header.name)} at offset {header.offset} is a GNU sparse file, "
                 "which is not supported"
             )
         file_type = _TYPES.get(typeflag)
         if file_type is None:
             raise TarFormatError(
-                f"entry {header.name!r} at offset {header.offset} has the unsupported "
-                f"type {typeflag!r}"
+                f"entry {show(header.name)} at offset {header.offset} has the unsupported "
+                f"type {show(typeflag)}"
             )
         if typeflag == b"\x00" and header.name.endswith(b"/"):
             file_type = FileType.DIRECTORY
@@ -428,8 +427,8 @@ def _whiteout_target(path: bytes, base: bytes, header: _Header) -> tuple[ChangeK
     target = base[len(WHITEOUT_PREFIX) :]
     if target in (b"", b".", b".."):
         raise UnsafePathError(
-            f"entry {header.name!r} at offset {header.offset}: invalid whiteout name "
-            f"{base!r}, a whiteout must name a file in its own directory"
+            f"entry {show(header.name)} at offset {header.offset}: invalid whiteout name "
+            f"{show(base)}, a whiteout must name a file in its own directory"
         )
     return ChangeKind.DELETE, parent + b"/" + target if parent else target
 
@@ -447,7 +446,7 @@ class _EntryContent(io.RawIOBase):
     def claim(self) -> BinaryIO:
         if self._claimed or not self._valid:
             raise ValueError(
-                f"the content of tar entry {self._name!r} can be opened once, "
+                f"the content of tar entry {show(self._name)} can be opened once, "
                 "before the next entry is read"
             )
         self._claimed = True
@@ -470,7 +469,7 @@ class _EntryContent(io.RawIOBase):
         if size < 0:
             return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
         if not self._valid:
-            raise ValueError(f"the content of tar entry {self._name!r} is no longer available")
+            raise ValueError(f"the content of tar entry {show(self._name)} is no longer available")
         count = min(size, self._remaining)
         if count == 0:
             return b""
@@ -479,7 +478,7 @@ class _EntryContent(io.RawIOBase):
         if not data:
             raise TarFormatError(
                 f"tar stream is truncated at offset {reader.offset}: entry "
-                f"{self._name!r} is missing {self._remaining} bytes of data"
+                f"{show(self._name)} is missing {self._remaining} bytes of data"
             )
         self._remaining -= len(data)
         reader.offset += len(data)
@@ -487,7 +486,7 @@ class _EntryContent(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._valid:
-            raise ValueError(f"the content of tar entry {self._name!r} is no longer available")
+            raise ValueError(f"the content of tar entry {show(self._name)} is no longer available")
         view = memoryview(buffer).cast("B")
         count = min(len(view), self._remaining)
         if count == 0:
@@ -496,7 +495,7 @@ class _EntryContent(io.RawIOBase):
         if not data:
             raise TarFormatError(
                 f"tar stream is truncated at offset {self._reader.offset}: entry "
-                f"{self._name!r} is missing {self._remaining} bytes of data"
+                f"{show(self._name)} is missing {self._remaining} bytes of data"
             )
         view[: len(data)] = data
         self._remaining -= len(data)
@@ -511,13 +510,6 @@ def _padded(size: int) -> int:
 def _cstring(data: bytes) -> bytes:
     end = data.find(b"\x00")
     return data if end < 0 else data[:end]
-
-
-def shorten(value: bytes, limit: int = _MAX_SHOWN) -> str:
-    """Return the repr of `value`, cut to `limit` bytes and its length if it is longer."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value)} bytes)"
 
 
 def _parse_number(field: bytes, what: str, where: str) -> int:
@@ -538,11 +530,11 @@ def _parse_number(field: bytes, what: str, where: str) -> int:
         return 0
     # isdigit first, because int() also accepts a sign, `_` and a `0o` prefix.
     if not text.isdigit():
-        raise TarFormatError(f"{where} has an invalid {what} field {field!r}")
+        raise TarFormatError(f"{where} has an invalid {what} field {show(field)}")
     try:
         return int(text, 8)
     except ValueError:
-        raise TarFormatError(f"{where} has an invalid {what} field {field!r}") from None
+        raise TarFormatError(f"{where} has an invalid {what} field {show(field)}") from None
 
 
 def _parse_block(block: bytes, offset: int) -> _Header:
@@ -609,7 +601,7 @@ def _parse_block_checked(block: bytes, offset: int) -> _Header:
         if prefix:
             name = prefix + b"/" + name
 
-    where = f"entry {shorten(name)} at offset {offset}"
+    where = f"entry {show(name)} at offset {offset}"
 
     def number(start: int, end: int, what: str) -> int:
         return _parse_number(block[start:end], what, where)
@@ -646,14 +638,14 @@ def _parse_pax(data: bytes, name: bytes, offset: int) -> dict[bytes, bytes]:
         length_text = data[position:space] if space > position else b""
         if not length_text.isdigit() or len(length_text.lstrip(b"0")) > max_digits:
             raise TarFormatError(
-                f"PAX header {shorten(name)} at offset {offset} has an invalid record "
-                f"length {shorten(length_text, _MAX_SHOWN_NUMBER)} at byte {position}"
+                f"PAX header {show(name)} at offset {offset} has an invalid record "
+                f"length {show(length_text, _MAX_SHOWN_NUMBER)} at byte {position}"
             )
         end = position + int(length_text.lstrip(b"0") or b"0")
         record = data[space + 1 : end]
         if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
             raise TarFormatError(
-                f"PAX header {shorten(name)} at offset {offset} has a malformed record "
+                f"PAX header {show(name)} at offset {offset} has a malformed record "
                 f"at byte {position}"
             )
         key, _, value = record[:-1].partition(b"=")
@@ -665,8 +657,8 @@ def _parse_pax(data: bytes, name: bytes, offset: int) -> dict[bytes, bytes]:
 def _parse_pax_int(value: bytes, key: bytes, name: bytes, offset: int) -> int:
     if not value.isdigit():
         raise TarFormatError(
-            f"entry {shorten(name)} at offset {offset} has an invalid PAX {key.decode()} "
-            f"record {shorten(value, _MAX_SHOWN_NUMBER)}"
+            f"entry {show(name)} at offset {offset} has an invalid PAX {key.decode()} "
+            f"record {show(value, _MAX_SHOWN_NUMBER)}"
         )
     return _check_int64(value, key, name, offset)
 
@@ -676,8 +668,8 @@ def _parse_pax_time(value: bytes, key: bytes, name: bytes, offset: int) -> int:
     match = _PAX_TIME.match(value)
     if match is None:
         raise TarFormatError(
-            f"entry {shorten(name)} at offset {offset} has an invalid PAX {key.decode()} "
-            f"record {shorten(value, _MAX_SHOWN_NUMBER)}"
+            f"entry {show(name)} at offset {offset} has an invalid PAX {key.decode()} "
+            f"record {show(value, _MAX_SHOWN_NUMBER)}"
         )
     sign, seconds_text, fraction = match.groups()
     seconds = _check_int64(sign + seconds_text, key, name, offset)
@@ -699,8 +691,8 @@ def _check_int64(digits: bytes, key: bytes, name: bytes, offset: int) -> int:
             value = -value
     if value is None or not -MAX_INT64 - 1 <= value <= MAX_INT64:
         raise TarFormatError(
-            f"entry {shorten(name)} at offset {offset}: PAX {key.decode()} record "
-            f"{shorten(digits, _MAX_SHOWN_NUMBER)} is out of range; tar numbers must fit in "
+            f"entry {show(name)} at offset {offset}: PAX {key.decode()} record "
+            f"{show(digits, _MAX_SHOWN_NUMBER)} is out of range; tar numbers must fit in "
             "a signed 64-bit integer"
         )
     return value
@@ -712,7 +704,7 @@ def _decode_base64(value: bytes, offset: int) -> bytes:
         return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
     except ValueError:
         raise TarFormatError(
-            f"PAX header at offset {offset} has an invalid base64 xattr value {value!r}"
+            f"PAX header at offset {offset} has an invalid base64 xattr value {show(value)}"
         ) from None
 
 
@@ -747,7 +739,7 @@ def _apply_pax(header: _Header, records: dict[bytes, bytes]) -> None:
             header.devminor = _parse_pax_int(value, key, name, offset)
         elif key.startswith(b"GNU.sparse."):
             raise TarFormatError(
-                f"entry {header.name!r} at offset {offset} is a GNU sparse file, "
+                f"entry {show(header.name)} at offset {offset} is a GNU sparse file, "
                 "which is not supported"
             )
     # bsdtar writes every xattr twice: `LIBARCHIVE.xattr.<name>` with a URL-encoded name

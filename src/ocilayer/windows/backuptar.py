@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import BinaryIO
 
-from ocilayer.errors import TarFormatError
+from ocilayer.errors import TarFormatError, show
 from ocilayer.tarformat.encoder import TarHeader, format_pax_time
 from ocilayer.windows.backupstream import (
     BackupHeader,
@@ -274,16 +274,15 @@ def file_info_from_header(header: TarHeader) -> tuple[str, int, FileBasicInfo]:
         try:
             creation_ns = parse_pax_time(records[PAX_CREATIONTIME])
         except ValueError as error:
-            raise TarFormatError(f"{header.name!r}: creation time: {error}") from error
+            raise TarFormatError(f"{show(header.name)}: creation time: {error}") from error
     attributes = FILE_ATTRIBUTE_DIRECTORY if header.typeflag == b"5" else 0
     if PAX_FILEATTR in records:
         text = records[PAX_FILEATTR]
         # Leading zeros are stripped before int(), which rejects more than 4,300 digits.
         digits = text.lstrip(b"0") or b"0"
         if _DECIMAL.fullmatch(text) is None or len(digits) > 10 or int(digits) > 0xFFFFFFFF:
-            shown = repr(text) if len(text) <= 24 else f"{text[:24]!r}... ({len(text)} bytes)"
             raise TarFormatError(
-                f"{header.name!r}: invalid {PAX_FILEATTR.decode()} {shown}; "
+                f"{show(header.name)}: invalid {PAX_FILEATTR.decode()} {show(text, 24)}; "
                 "expected a decimal 32-bit number"
             )
         attributes = int(digits)
@@ -302,7 +301,7 @@ def _base64(header: TarHeader, key: bytes) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except binascii.Error as error:
-        raise TarFormatError(f"{header.name!r}: {key.decode()} is not valid base64") from error
+        raise TarFormatError(f"{show(header.name)}: {key.decode()} is not valid base64") from error
 
 
 def security_descriptor_from_header(
@@ -319,7 +318,7 @@ def security_descriptor_from_header(
     if PAX_SDDL in records:
         if sddl_converter is None:
             raise TarFormatError(
-                f"{header.name!r}: the SDDL security descriptor {PAX_SDDL.decode()} can only "
+                f"{show(header.name)}: the SDDL security descriptor {PAX_SDDL.decode()} can only "
                 "be converted on a Windows host"
             )
         return sddl_converter(records[PAX_SDDL].decode("utf-8", "surrogateescape"))

@@ -31,7 +31,7 @@ from typing import BinaryIO
 from ocilayer.compression import Compression, open_compressor, open_decompressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import FileType
-from ocilayer.errors import Cancelled, LayerError
+from ocilayer.errors import Cancelled, LayerError, show
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.tarformat.encoder import TarHeader
 from ocilayer.windows.backuptar import PAX_FILEATTR, PAX_RAWSD
@@ -111,7 +111,7 @@ class _Converter:
             return
         if relative == b"Files" or relative.startswith(FILES_PREFIX):
             raise LayerError(
-                f"{header.name!r}: the input already has a top-level Files directory; it "
+                f"{show(header.name)}: the input already has a top-level Files directory; it "
                 "looks like a Windows layer, which needs no conversion"
             )
         name = FILES_PREFIX + relative
@@ -120,7 +120,7 @@ class _Converter:
 
         if base == _OPAQUE_MARKER:
             raise LayerError(
-                f"{header.name!r}: opaque whiteouts have no Windows equivalent; export the "
+                f"{show(header.name)}: opaque whiteouts have no Windows equivalent; export the "
                 "layer without them (as a full layer)"
             )
         if base.startswith(_WHITEOUT_PREFIX):
@@ -129,7 +129,7 @@ class _Converter:
 
         if header.typeflag not in (b"0", b"1", b"2", b"5"):
             raise LayerError(
-                f"{header.name!r}: type {header.typeflag.decode()!r} (device or FIFO) has no "
+                f"{show(header.name)}: type {header.typeflag.decode()!r} (device or FIFO) has no "
                 "Windows equivalent; remove it from the layer"
             )
         if header.typeflag == b"1":

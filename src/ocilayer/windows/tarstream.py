@@ -13,7 +13,7 @@ import struct
 import tarfile
 from typing import IO, BinaryIO
 
-from ocilayer.errors import TarFormatError
+from ocilayer.errors import TarFormatError, show
 from ocilayer.tarformat.encoder import (
     END_OF_ARCHIVE,
     TarHeader,
@@ -56,7 +56,7 @@ class TarWriter:
         """Write data of the current entry; more than its size raises TarFormatError."""
         if len(data) > self._remaining:
             raise TarFormatError(
-                f"{self._name!r}: {len(data)} bytes of data where only {self._remaining} "
+                f"{show(self._name)}: {len(data)} bytes of data where only {self._remaining} "
                 "remain of the entry size (write too long)"
             )
         self._remaining -= len(data)
@@ -83,7 +83,7 @@ class TarWriter:
     def _finish_entry(self) -> None:
         if self._remaining:
             raise TarFormatError(
-                f"{self._name!r}: missed writing {self._remaining} bytes of the entry data; "
+                f"{show(self._name)}: missed writing {self._remaining} bytes of the entry data; "
                 "the size in the header does not match the data"
             )
         self._emit(bytes(self._padding))
@@ -116,7 +116,7 @@ def header_from_member(member: tarfile.TarInfo) -> TarHeader:
         atime_ns = parse_pax_time(records[b"atime"]) if b"atime" in records else None
         ctime_ns = parse_pax_time(records[b"ctime"]) if b"ctime" in records else None
     except ValueError as error:
-        raise TarFormatError(f"{name!r}: {error}") from error
+        raise TarFormatError(f"{show(name)}: {error}") from error
     return TarHeader(
         name=name,
         typeflag=typeflag,
@@ -171,7 +171,7 @@ class TarInput:
         try:
             member = self._archive.next()
         except _READ_ERRORS as error:
-            message = f"invalid tar stream after {self._name!r}: {_describe(error)}"
+            message = f"invalid tar stream after {show(self._name)}: {_describe(error)}"
             raise TarFormatError(message) from error
         if member is None:
             self._data = None
@@ -191,9 +191,11 @@ class TarInput:
         try:
             data = self._data.read(size)
         except (tarfile.TarError, OSError) as error:
-            raise TarFormatError(f"{self._name!r}: cannot read the entry data: {error}") from error
+            raise TarFormatError(
+                f"{show(self._name)}: cannot read the entry data: {error}"
+            ) from error
         if not data:
-            raise TarFormatError(f"{self._name!r}: the tar stream ends inside the entry data")
+            raise TarFormatError(f"{show(self._name)}: the tar stream ends inside the entry data")
         self._remaining -= len(data)
         return data
 
