@@ -131,7 +131,7 @@ class Workspace:
         print(f"deleting {doomed} in the background", file=sys.stderr)
 
     def empty_trash(self) -> None:
-        """Delete the old extraction targets now, then wait for ext4 to reuse their inodes."""
+        """Delete the old extraction targets now, then wait INODE_PAUSE seconds."""
         if not any(self.trash.iterdir()):
             return
         print(f"deleting {self.trash}, then pausing {INODE_PAUSE} s", file=sys.stderr, flush=True)
@@ -164,8 +164,8 @@ class Workspace:
 
 # Runs ocilayer without its C extensions, for a row that shows what they bring.
 PURE_PYTHON = "OCILAYER_PURE_PYTHON=1"
-# Seconds to wait after deleting many files: ext4 reuses an inode only some time
-# after it was freed, and creating files before that is several times slower.
+# Seconds to wait after deleting many files: on this machine's ext4, creating files
+# within about a minute of deleting many was several times slower.
 INODE_PAUSE = 60
 # Outputs larger than this are deleted once their sizes are recorded.
 KEPT_OUTPUT_BYTES = 1 << 30
