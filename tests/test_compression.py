@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -72,6 +73,33 @@ def test_detection_by_magic(head: bytes, expected: Compression) -> None:
 def test_streams_decode_whole(blob: bytes) -> None:
     data, _ = read_all(blob)
     assert data == DATA
+
+
+class Unseekable(io.RawIOBase):
+    """A pipe-like stream: bytes from `data` in reads of at most 1000, no seeking."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._data.readinto(memoryview(buffer)[:1000])
+
+
+@pytest.mark.parametrize("short", [False, True], ids=["tar", "3-bytes"])
+def test_plain_stream_reads_from_its_position(tmp_path: Path, short: bool) -> None:
+    body = b"abc" if short else DATA
+    blob = tmp_path / "layer.tar"
+    blob.write_bytes(b"skipped" + body)
+    with open(blob, "rb") as raw:
+        raw.read(7)
+        reader, compression = open_decompressor(raw)
+        assert (reader.read(), compression) == (body, Compression.NONE)
+    # The same bytes through a stream that cannot go back over the magic bytes.
+    reader, compression = open_decompressor(io.BufferedReader(Unseekable(body)))
+    assert (reader.read(), compression) == (body, Compression.NONE)
 
 
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])

@@ -272,7 +272,19 @@ def open_decompressor(raw: BinaryIO) -> tuple[BinaryIO, Compression]:
         return io.BufferedReader(_GzipMembers(raw, head), 1 << 16), compression
     if compression is Compression.ZSTD:
         return io.BufferedReader(_ZstdFrames(raw, head), 1 << 16), compression
+    if head and _seekable(raw):
+        # A plain tar in a file: go back over the magic bytes and read the file itself,
+        # without a buffer and a copy more for every read.
+        raw.seek(-len(head), io.SEEK_CUR)
+        return raw, compression
     return io.BufferedReader(_Prefixed(head, raw), 1 << 16), compression
+
+
+def _seekable(raw: BinaryIO) -> bool:
+    try:
+        return raw.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _read_up_to(raw: BinaryIO, count: int) -> bytes:
@@ -302,6 +314,9 @@ class _Prefixed(io.RawIOBase):
             view[:count] = self._head[:count]
             self._head = self._head[count:]
             return count
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:
+            return cast(int, readinto(view))
         data = self._raw.read(len(view))
         view[: len(data)] = data
         return len(data)
