@@ -193,6 +193,20 @@ def test_symlink_user_xattr_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
     ]
 
 
+def test_repeated_warnings_end_in_one_escaped_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An xattr name with a terminal escape sequence, skipped on three symlinks.
+    xattrs = {b"user.\x1b[31mred": b"v"}
+    layer = tar(*(symlink(f"l{index}", "target", xattrs=xattrs) for index in range(3)))
+    with caplog.at_level(logging.WARNING, logger="ocilayer.apply"):
+        apply(layer, tmp_path / "root")
+    assert [record.getMessage() for record in caplog.records] == [
+        "entry 'l0': could not set xattr 'user.\\x1b[31mred' (Operation not permitted); skipped",
+        "skipped xattr 'user.\\x1b[31mred': 3 entries in all",
+    ]
+
+
 def test_overlay_xattrs_in_a_layer_are_never_set(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -851,6 +865,17 @@ def test_device_without_mknod_is_skipped_on_request(tmp_path: Path) -> None:
         "etc": "d 755",
         "etc/keep": "f 644 '1'",
     }
+
+
+def test_skipped_devices_are_counted_at_the_end(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(tar(char_device("null", 1, 3), char_device("zero", 1, 5)))
+    result = run_without_mknod(layer, tmp_path / "root", skip_devices=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "skipped device node 'null' (1:3): creating device nodes needs CAP_MKNOD\n"
+        "skipped device node: 2 entries in all\n"
+    )
 
 
 def run_in_user_namespace(

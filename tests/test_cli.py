@@ -137,6 +137,14 @@ def test_missing_output_directory_fails_like_a_missing_layer(tree: Path, tmp_pat
         f"ocilayer: error: -o '{output}': directory '{output.parent}' does not exist; "
         "create it first\n"
     )
+    # The same check when the codec is given, not taken from the name.
+    gzipped = run("export", str(tree), "--compression", "gzip", "-o", str(output))
+    assert (gzipped.returncode, gzipped.stderr) == (1, result.stderr)
+    under_file = run("export", str(tree), "-o", "/dev/null/layer.tar")
+    assert (under_file.returncode, under_file.stderr.decode()) == (
+        1,
+        "ocilayer: error: -o '/dev/null/layer.tar': '/dev/null' is not a directory\n",
+    )
     missing_layer = run("export", str(tmp_path / "nolayer"), "-o", str(tmp_path / "layer.tar"))
     assert missing_layer.returncode == 1
     assert sorted(os.listdir(tmp_path)) == ["tree"]

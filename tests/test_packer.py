@@ -1014,8 +1014,12 @@ def test_directory_removed_before_walk(
         export_layer_to_tar(io.BytesIO(), tree, progress=progress)
 
     assert progress.removed
-    assert os.fsdecode(tree / "b") in str(excinfo.value)
-    assert "No such file or directory" in str(excinfo.value)
+    # The packer fails listing b in tree; the pure path, reading b's entry.
+    if pure:
+        expected = f"cannot read '{tree}/b': No such file or directory"
+    else:
+        expected = f"cannot read directory '{tree}': No such file or directory: '{tree}/b'"
+    assert str(excinfo.value) == expected
 
 
 @pytest.mark.parametrize("pure", [False, True])
@@ -1040,12 +1044,9 @@ def test_directory_removed_during_walk(
 
     assert progress.removed
     if pure:
-        missing = os.fsencode(tree / "d" / "z")
-        expected = f"cannot read {os.fsdecode(missing)!r}"
+        expected = f"cannot read '{tree}/d/z': No such file or directory"
     else:
-        missing = os.fsencode(tree / "d")
-        expected = f"cannot read directory {os.fsdecode(missing)!r}"
-    expected += f": [Errno 2] No such file or directory: {missing!r}"
+        expected = f"cannot read directory '{tree}/d': No such file or directory"
     assert str(excinfo.value) == expected
 
 

@@ -27,10 +27,17 @@ def pax_entry(record: bytes) -> bytes:
     ("record", "message"),
     [
         (b"9" * 5000 + b" path=x\n", b"a header number is malformed or does not fit 64 bits"),
-        (format_pax_record(b"mtime", b"1" * 5000), b"invalid PAX time"),
+        (
+            format_pax_record(b"mtime", b"1" * 5000),
+            b"invalid PAX time '" + b"1" * 40 + b"'... (5000 bytes)\n",
+        ),
+        (
+            format_pax_record(b"mtime", b"1.\x1b]0;title\x07"),
+            b"invalid PAX time '1.\\x1b]0;title\\x07'\n",
+        ),
         (format_pax_record(b"size", b"1" * 5000), b"ocilayer: error: "),
     ],
-    ids=["record-length", "mtime", "size"],
+    ids=["record-length", "mtime", "mtime-escape", "size"],
 )
 def test_huge_numbers_fail_cleanly(tmp_path: Path, record: bytes, message: bytes) -> None:
     layer = tmp_path / "layer.tar"

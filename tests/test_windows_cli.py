@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ocilayer.cli import EXIT_OK, EXIT_USAGE, main
+from ocilayer.compression import Compression
 from ocilayer.windows import WindowsLayout, convert_to_windows, export_windows_layer
 from test_windows_golden import CONTENT, HIVE, build_example
 from windows_helpers import parse_tar
@@ -29,6 +30,26 @@ def test_export_source_windows(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out) == descriptor.to_json()
 
 
+def test_windows_exports_without_digests(tmp_path: Path) -> None:
+    build_example(tmp_path / "layer")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "run.exe").write_bytes(b"MZ")
+    for codec in (Compression.NONE, Compression.ZSTD):
+        hashed, bare = io.BytesIO(), io.BytesIO()
+        layout = WindowsLayout.TRANSPORT
+        full = export_windows_layer(hashed, tmp_path / "layer", layout=layout, compression=codec)
+        plain = export_windows_layer(
+            bare, tmp_path / "layer", layout=layout, compression=codec, digests=False
+        )
+        assert bare.getvalue() == hashed.getvalue()
+        assert plain == (full.media_type, None, full.size, None)
+        hashed, bare = io.BytesIO(), io.BytesIO()
+        full = convert_to_windows(hashed, tmp_path / "tree", compression=codec)
+        plain = convert_to_windows(bare, tmp_path / "tree", compression=codec, digests=False)
+        assert bare.getvalue() == hashed.getvalue()
+        assert plain == (full.media_type, None, full.size, None)
+
+
 def test_export_os_windows_tree(tmp_path: Path) -> None:
     (tmp_path / "tree" / "app").mkdir(parents=True)
     (tmp_path / "tree" / "app" / "run.exe").write_bytes(b"MZ")
@@ -43,6 +64,20 @@ def test_export_os_windows_tree(tmp_path: Path) -> None:
         b"Files/app",
         b"Files/app/run.exe",
     ]
+
+
+def test_export_os_windows_file_needs_source_tar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layer = tmp_path / "linux.tar"
+    layer.write_bytes(bytes(1024))
+    output = tmp_path / "windows.tar"
+    assert main(["export", "--os", "windows", str(layer), "-o", str(output)]) == 1
+    assert capsys.readouterr().err == (
+        f"ocilayer: error: layer '{layer}' is not a directory; pass a layer directory, or "
+        "add --source tar to read a layer tar\n"
+    )
+    assert not output.exists()
 
 
 def test_export_os_windows_from_tar(tmp_path: Path) -> None:

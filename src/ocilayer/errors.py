@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class OcilayerError(Exception):
     """Base class of every error ocilayer raises on purpose."""
@@ -57,3 +59,16 @@ def _escape(char: str) -> str:
     if char.isprintable() and char != "\\":
         return char
     return repr(char)[1:-1]
+
+
+def reason(error: OSError, path: bytes | str | None = None) -> str:
+    """Return what went wrong in `error`, with its file name shown when it is not `path`.
+
+    `str(error)` would give the file name as a Python repr, bytes and all.
+    """
+    if not error.strerror:
+        return str(error)
+    name = error.filename
+    if name is None or isinstance(name, int) or os.fsencode(name) == os.fsencode(path or b""):
+        return error.strerror
+    return f"{error.strerror}: {show(os.fsencode(name))}"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
-from ocilayer.errors import Cancelled, LayerError
+from ocilayer.errors import Cancelled, LayerError, reason, show
 from ocilayer.progress import Progress
 from ocilayer.sources.packed import PackedEntries, packed_changes
 from ocilayer.sources.snapshot import SnapshotSource
@@ -203,7 +203,10 @@ def export_layer_to_tar(
         try:
             stream = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as error:
-            raise LayerError(f"cannot open layer tar {os.fsdecode(path)!r}: {error}") from None
+            encoded = os.fsencode(path)
+            raise LayerError(
+                f"cannot open layer tar {show(encoded)}: {reason(error, encoded)}"
+            ) from None
         from ocilayer.sources.tarsource import TarSource  # loads the tar reader
 
         with stream:

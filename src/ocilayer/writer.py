@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import LayerError, OutputError, show
+from ocilayer.errors import LayerError, OutputError, reason, show
 from ocilayer.sources.packed import PackedEntries
 from ocilayer.sources.snapshot import changed_size, open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
@@ -255,7 +255,9 @@ class LayerTarWriter:
             try:
                 entry = self._lookup(parent)
             except OSError as error:
-                raise LayerError(f"cannot read parent directory {show(parent)}: {error}") from error
+                raise LayerError(
+                    f"cannot read parent directory {show(parent)}: {reason(error)}"
+                ) from error
             self._written_dirs.add(parent)
             self._write_header(self._header(entry), True)
 
@@ -286,7 +288,8 @@ class LayerTarWriter:
                 with entry.open() as source:
                     self._copy_stream(entry, source)
         except OSError as error:
-            raise LayerError(f"cannot read {_show(entry)}: {error}") from error
+            failure = reason(error, entry.source_path)
+            raise LayerError(f"cannot read {_show(entry)}: {failure}") from error
         self._emit(data_padding(entry.size))
 
     def _copy_file(self, entry: Entry, path: bytes) -> None:
@@ -383,8 +386,7 @@ def _base(path: bytes) -> bytes:
 
 
 def _show(entry: Entry) -> str:
-    where = entry.source_path if entry.source_path is not None else entry.path
-    return repr(os.fsdecode(where))
+    return show(entry.source_path if entry.source_path is not None else entry.path)
 
 
 def socket_warning(paths: list[bytes]) -> str:

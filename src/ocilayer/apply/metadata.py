@@ -65,7 +65,8 @@ class MetadataWriter:
     def log_summary(self) -> None:
         for (kind, key), count in sorted(self._warned.items()):
             if count > 1:
-                logger.warning("%s %r: %d entries in all", kind, key, count)
+                subject = f"{kind} {show(key)}" if key else kind
+                logger.warning("%s: %d entries in all", subject, count)
 
     def apply_to_fd(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the open regular file `fd`."""

@@ -171,6 +171,7 @@ _UNSUPPORTED_SUFFIXES = (".bz2", ".tbz2", ".xz", ".txz", ".lz4", ".lzma", ".lz",
 
 
 def _check_output_name(output: str) -> None:
+    """Reject an output name whose suffix names a codec that OCI layers do not use."""
     from ocilayer.cli import UsageError
 
     if output.lower().endswith(_UNSUPPORTED_SUFFIXES):
@@ -178,11 +179,19 @@ def _check_output_name(output: str) -> None:
             f"-o {output!r}: OCI layers are plain, gzip or zstd; name the file .tar, "
             ".tar.gz or .tar.zst, or choose a codec with --compression"
         )
+
+
+def _check_output_place(output: str) -> None:
+    """Reject an output that is a directory, or whose directory is missing."""
+    from ocilayer.cli import UsageError
+
     directory = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(directory):
-        # A missing path, like a missing layer directory, fails the run (status 1):
-        # the command line itself is right.
+    # A missing path, like a missing layer directory, fails the run (status 1): the
+    # command line itself is right.
+    if not os.path.exists(directory):
         raise OutputError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
+    if not os.path.isdir(directory):
+        raise OutputError(f"-o {output!r}: {directory!r} is not a directory")
     if os.path.isdir(output):
         raise UsageError(f"-o {output!r} is a directory; give the path of the file to write")
 
@@ -214,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             f"--threads {args.threads} is out of range; use 1-{MAX_THREADS}, or 0 for one per CPU"
         )
     if not to_stdout:
+        _check_output_place(args.output)
         _check_output_outside(args.output, [args.layer, *args.parent])
     if args.compression is not None:
         compression = Compression(args.compression)
@@ -279,6 +289,10 @@ def _run_windows(args: argparse.Namespace, compression: Compression) -> int:
         raise UsageError("--os windows converts a tree or, with --source tar, a layer tar")
     if args.os == "windows" and args.parent:
         raise UsageError("--os windows converts a whole tree; --parent does not apply")
+    if args.os == "windows" and args.source == "snapshot":
+        from ocilayer.sources.snapshot import _directory
+
+        _directory(args.layer)  # a tree; a layer tar needs --source tar (see --help)
 
     with _open_output(args.output) as raw:
         if args.source == "windows":
@@ -289,10 +303,16 @@ def _run_windows(args: argparse.Namespace, compression: Compression) -> int:
                 compression=compression,
                 level=args.level,
                 threads=args.threads,
+                digests=args.json,
             )
         else:
             descriptor = convert_to_windows(
-                raw, args.layer, compression=compression, level=args.level, threads=args.threads
+                raw,
+                args.layer,
+                compression=compression,
+                level=args.level,
+                threads=args.threads,
+                digests=args.json,
             )
     if args.json:
         import json  # loaded only for --json

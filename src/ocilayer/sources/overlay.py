@@ -25,7 +25,7 @@ import stat
 from collections.abc import Generator, Iterable, Iterator
 
 from ocilayer.entry import ChangeKind, Entry
-from ocilayer.errors import LayerError
+from ocilayer.errors import LayerError, show
 from ocilayer.sources.snapshot import (
     _directory,
     _inside,
@@ -95,7 +95,7 @@ def redirect_origin(path: bytes, redirect: bytes, where: bytes) -> bytes:
             parts = [b""]
     if any(part in (b"", b".", b"..") or b"\x00" in part for part in parts):
         raise LayerError(
-            f"{os.fsdecode(where)!r} carries overlay.redirect={os.fsdecode(redirect)!r}, "
+            f"{show(where)} carries overlay.redirect={show(redirect)}, "
             "which does not name a path inside the layers; the upper directory is damaged "
             "or was crafted, so export the mounted view with --source snapshot instead"
         )
@@ -256,14 +256,14 @@ class OverlaySource:
         origin = self.lower_node(origin_path)
         if origin is None or not stat.S_ISREG(origin.st.st_mode):
             raise LayerError(
-                f"{os.fsdecode(node.full)!r} is a metadata-only copy-up whose data file "
-                f"{os.fsdecode(origin_path)!r} is not in the given parents; pass every lower "
+                f"{show(node.full)} is a metadata-only copy-up whose data file "
+                f"{show(origin_path)} is not in the given parents; pass every lower "
                 "layer with --parent, lowest first"
             )
         if origin.st.st_size != node.st.st_size:
             raise LayerError(
-                f"{os.fsdecode(node.full)!r} is a metadata-only copy-up of "
-                f"{os.fsdecode(origin.full)!r}, but their sizes differ; the parents given "
+                f"{show(node.full)} is a metadata-only copy-up of "
+                f"{show(origin.full)}, but their sizes differ; the parents given "
                 "are not the layers this upper directory was made on"
             )
         return Node(node.path, node.st, origin.full)
@@ -299,7 +299,7 @@ class OverlaySource:
         for name in (b"redirect", b"metacopy"):
             if _overlay_xattr(node.full, name, self.namespaces) is not None:
                 raise LayerError(
-                    f"{os.fsdecode(node.full)!r} carries overlay.{name.decode()} inside a "
+                    f"{show(node.full)} carries overlay.{name.decode()} inside a "
                     "renamed directory, which ocilayer cannot follow; export the mounted "
                     "view with --source snapshot instead"
                 )

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry
-from ocilayer.errors import LayerError
+from ocilayer.errors import LayerError, reason, show
 from ocilayer.readahead import read_ahead
 from ocilayer.sources.snapshot import SnapshotSource, changed_size, check_name, entry_from_node
 from ocilayer.sources.union import Node
@@ -121,8 +121,7 @@ def _walk(
             # A file whose header and some data were already passed on.
             if item[2] == 0:
                 raise changed_size(full, item[3])
-            failure = OSError(item[2], os.strerror(item[2]))
-            raise LayerError(f"cannot read {os.fsdecode(full)!r}: {failure}")
+            raise LayerError(f"cannot read {show(full)}: {os.strerror(item[2])}")
 
         # An unusual child: the Python reader builds its entry, with its own checks.
         try:
@@ -138,4 +137,4 @@ def _walk(
 
 
 def _unreadable(directory: bytes, error: OSError) -> LayerError:
-    return LayerError(f"cannot read directory {os.fsdecode(directory)!r}: {error}")
+    return LayerError(f"cannot read directory {show(directory)}: {reason(error, directory)}")

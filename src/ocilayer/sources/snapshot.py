@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from ocilayer.entry import EMPTY_XATTRS, ChangeKind, Entry, FileType, new_entry
-from ocilayer.errors import LayerError
+from ocilayer.errors import LayerError, reason, show
 from ocilayer.sources.union import (
     WHITEOUT_PREFIX,
     Node,
@@ -172,7 +172,7 @@ def open_regular(path: bytes, seen: os.stat_result | None = None) -> int:
     ):
         os.close(fd)
         raise LayerError(
-            f"{os.fsdecode(path)!r} is no longer a regular file, or not the one the walk "
+            f"{show(path)} is no longer a regular file, or not the one the walk "
             "found; export from a layer that is not in use"
         )
     os.set_blocking(fd, True)
@@ -192,7 +192,7 @@ def _read_small(node: Node, size: int, policy: XattrPolicy) -> tuple[bytes, Mapp
         finally:
             os.close(fd)
     except OSError as error:
-        raise LayerError(f"cannot read {os.fsdecode(node.full)!r}: {error}") from error
+        raise LayerError(f"cannot read {show(node.full)}: {reason(error, node.full)}") from error
     if len(data) != size:
         raise changed_size(node.full, size)
     return data, xattrs
@@ -201,7 +201,7 @@ def _read_small(node: Node, size: int, policy: XattrPolicy) -> tuple[bytes, Mapp
 def changed_size(full: bytes, size: int) -> LayerError:
     """Return the error for a file whose length changed while it was being read."""
     return LayerError(
-        f"{os.fsdecode(full)!r} changed size while it was being read (expected {size} "
+        f"{show(full)} changed size while it was being read (expected {size} "
         "bytes); export from a layer that is not in use"
     )
 
@@ -236,7 +236,7 @@ def entry_from_node(
         if xattrs is None:
             xattrs = _path_xattrs(node.full, file_type, policy)
     except OSError as error:
-        raise LayerError(f"cannot read {os.fsdecode(node.full)!r}: {error}") from error
+        raise LayerError(f"cannot read {show(node.full)}: {reason(error, node.full)}") from error
     regular = file_type is FileType.REGULAR
     # Every field in Entry's order, because this runs once per path of the layer.
     return new_entry(Entry, (
@@ -257,7 +257,7 @@ def check_name(node: Node) -> Node:
     name = node.path[node.path.rfind(b"/") + 1 :]
     if name.startswith(WHITEOUT_PREFIX):
         raise LayerError(
-            f"{os.fsdecode(node.full)!r}: a file name that starts with '.wh.' would be read "
+            f"{show(node.full)}: a file name that starts with '.wh.' would be read "
             "as a whiteout by every layer applier; rename or remove it before exporting"
         )
     return node
@@ -322,17 +322,16 @@ def _directory(path: str | bytes | os.PathLike[str], what: str = "layer") -> byt
         st = os.stat(full)
     except FileNotFoundError:
         raise LayerError(
-            f"{what} directory {os.fsdecode(full)!r} does not exist; pass the directory "
+            f"{what} directory {show(full)} does not exist; pass the directory "
             "that contains the layer's files"
         ) from None
     except OSError as error:
-        raise LayerError(f"cannot read {what} directory {os.fsdecode(full)!r}: {error}") from None
+        shown = show(full)
+        raise LayerError(f"cannot read {what} directory {shown}: {reason(error, full)}") from None
     if not stat.S_ISDIR(st.st_mode):
         # A layer given as a file is most often a layer tar, which the tar source reads.
         hint = ", or add --source tar to read a layer tar" if what == "layer" else ""
-        raise LayerError(
-            f"{what} {os.fsdecode(full)!r} is not a directory; pass a layer directory{hint}"
-        )
+        raise LayerError(f"{what} {show(full)} is not a directory; pass a layer directory{hint}")
     return full
 
 
@@ -350,7 +349,7 @@ def check_included(include: tuple[bytes, ...], roots: list[bytes]) -> None:
     for top in include:
         if not any(os.path.lexists(os.path.join(root, top)) for root in roots):
             raise LayerError(
-                f"--include {os.fsdecode(top)!r} is not in the layer or its parents; "
+                f"--include {show(top)} is not in the layer or its parents; "
                 "give a path relative to the layer directory"
             )
 

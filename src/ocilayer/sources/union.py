@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from ocilayer.errors import LayerError
+from ocilayer.errors import LayerError, reason, show
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -91,7 +91,7 @@ def _scan(
             opened = os.fstat(fd)
             if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
                 raise LayerError(
-                    f"cannot read directory {os.fsdecode(directory)!r}: it was replaced "
+                    f"cannot read directory {show(directory)}: it was replaced "
                     "while it was being read; export from a layer that is not in use"
                 )
             # A scandir of a descriptor gives str names.
@@ -101,7 +101,8 @@ def _scan(
         finally:
             os.close(fd)
     except OSError as error:
-        raise LayerError(f"cannot read directory {os.fsdecode(directory)!r}: {error}") from error
+        shown = show(directory)
+        raise LayerError(f"cannot read directory {shown}: {reason(error, directory)}") from error
 
 
 def walk_tree(root: bytes) -> Iterator[Node]:

@@ -191,17 +191,19 @@ def convert_to_windows(
     compression: Compression = Compression.NONE,
     level: int | None = None,
     threads: int = 0,
+    digests: bool = True,
 ) -> Descriptor:
     """Write a Linux layer as a Windows layer tar into `writer` and return its descriptor.
 
     `source` is a directory tree (every file an addition), a layer tar file, or a
     binary stream of a layer tar. A tar may be gzip or zstd compressed. Every entry
-    gets `security_descriptor` (self-relative, binary). Raises LayerError for input
-    that has no Windows form and Cancelled when `cancel` is set.
+    gets `security_descriptor` (self-relative, binary). With `digests` false, no sha256
+    is computed and both digests are None. Raises LayerError for input that has no
+    Windows form and Cancelled when `cancel` is set.
     """
-    blob = HashingWriter(writer)
+    blob = HashingWriter(writer, hashing=digests)
     compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
-    tar_bytes = HashingWriter(compressor)
+    tar_bytes = HashingWriter(compressor, hashing=digests)
     tar = TarWriter(tar_bytes)  # type: ignore[arg-type]
     converter = _Converter(tar, security_descriptor)
     try:

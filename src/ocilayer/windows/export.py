@@ -128,11 +128,15 @@ def write_items(
     compression: Compression = Compression.NONE,
     level: int | None = None,
     threads: int = 0,
+    digests: bool = True,
 ) -> Descriptor:
-    """Write items as a compressed layer tar into `writer` and return its descriptor."""
-    blob = HashingWriter(writer)
+    """Write items as a compressed layer tar into `writer` and return its descriptor.
+
+    With `digests` false, no sha256 is computed and both digests are None.
+    """
+    blob = HashingWriter(writer, hashing=digests)
     compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
-    tar_bytes = HashingWriter(compressor)
+    tar_bytes = HashingWriter(compressor, hashing=digests)
     try:
         write_tar_from_layer(items, TarWriter(tar_bytes), cancel)  # type: ignore[arg-type]
     except BaseException:
@@ -156,6 +160,7 @@ def export_windows_layer(
     compression: Compression = Compression.NONE,
     level: int | None = None,
     threads: int = 0,
+    digests: bool = True,
 ) -> Descriptor:
     """Export a Windows layer as a layer tar stream into `writer`, as hcsshim's ExportLayerToTar.
 
@@ -165,8 +170,9 @@ def export_windows_layer(
     as ExportLayer writes it) or a base layer folder, chosen by `layout` or else by
     whether tombstones.txt exists, and parent layers cannot be given.
 
-    Returns the OCI descriptor of what was written, with the diff_id of the tar.
-    Raises LayerError for an unreadable layer and Cancelled when `cancel` is set.
+    Returns the OCI descriptor of what was written, with the diff_id of the tar (both
+    digests None with `digests` false). Raises LayerError for an unreadable layer and
+    Cancelled when `cancel` is set.
     """
     parents = [os.fspath(parent) for parent in parent_layer_paths]
     if sys.platform == "win32" and layout is None:
@@ -180,6 +186,7 @@ def export_windows_layer(
             compression=compression,
             level=level,
             threads=threads,
+            digests=digests,
         )
     if parents:
         raise LayerError(
@@ -193,4 +200,5 @@ def export_windows_layer(
         compression=compression,
         level=level,
         threads=threads,
+        digests=digests,
     )

@@ -14,6 +14,11 @@ import re
 import struct
 from dataclasses import dataclass
 
+from ocilayer.errors import show
+
+# Bytes of a malformed time that a message shows.
+_SHOWN = 40
+
 # FILETIME of the Unix epoch: 100 ns intervals from 1601-01-01 to 1970-01-01.
 FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
 
@@ -62,22 +67,18 @@ def parse_pax_time(text: bytes) -> int:
     seconds_text, _, fraction = text.partition(b".")
     # A signed 64-bit count of seconds has at most 19 digits; more cannot be a time.
     if _SECONDS.fullmatch(seconds_text) is None or len(seconds_text.lstrip(b"-0")) > 19:
-        raise ValueError(f"invalid PAX time {_short(text)!r}")
+        raise ValueError(f"invalid PAX time {show(text, _SHOWN)}")
     seconds = int(seconds_text)
     if wrap_int64(seconds) != seconds:
-        raise ValueError(f"PAX time {text!r} is out of range")
+        raise ValueError(f"PAX time {show(text, _SHOWN)} is out of range")
     if not fraction:
         return seconds * 1_000_000_000
     if not fraction.isdigit():
-        raise ValueError(f"invalid PAX time {text!r}")
+        raise ValueError(f"invalid PAX time {show(text, _SHOWN)}")
     nanos = int(fraction[:9].ljust(9, b"0"))
     if seconds_text.startswith(b"-"):
         nanos = -nanos
     return seconds * 1_000_000_000 + nanos
-
-
-def _short(value: bytes) -> bytes:
-    return value if len(value) <= 40 else value[:40] + b"..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,7 @@ def export_layer_on_host(
     threads: int = 0,
     binding: VmcomputeBinding | None = None,
     host: HostFiles | None = None,
+    digests: bool = True,
 ) -> Descriptor:
     """Export a layer of the Windows container storage as a layer tar (see the module doc)."""
     if binding is None or host is None:
@@ -139,7 +140,13 @@ def export_layer_on_host(
 
     def write(items: Iterator[LayerItem]) -> Descriptor:
         return write_items(
-            writer, items, cancel=cancel, compression=compression, level=level, threads=threads
+            writer,
+            items,
+            cancel=cancel,
+            compression=compression,
+            level=level,
+            threads=threads,
+            digests=digests,
         )
 
     _check(binding.activate_layer(path), "ActivateLayer", path)

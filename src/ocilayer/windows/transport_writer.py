@@ -167,6 +167,8 @@ class TransportWriter(PendingWriter):
             self._root.close()
 
     def _check_new(self, name: str) -> str:
+        # NOTE: Windows layer names are str with surrogate escapes, and the messages here
+        # show them with repr(), not errors.show: '\udcff' for a byte, long names uncut.
         name = clean_layer_name(name)
         if name.endswith(DIRECTORY_SUFFIX) or name == TOMBSTONES_FILE:
             raise LayerError(f"{name!r}: this name is reserved by the transport folder layout")
