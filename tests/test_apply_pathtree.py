@@ -86,7 +86,7 @@ def test_empty_path_is_rejected() -> None:
         tree[b""] = "root"
 
 
-def test_set_children_in_every_kind_of_parent() -> None:
+def test_set_children_every_parent_kind() -> None:
     tree: PathTree[str] = PathTree(ANCESTOR)
     # The root, a parent that is not recorded, and one that ends inside a long label.
     tree.set_children(b"", [b"x", b"y"], "file")

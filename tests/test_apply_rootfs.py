@@ -193,9 +193,7 @@ def test_symlink_user_xattr_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
     ]
 
 
-def test_repeated_warnings_end_in_one_escaped_count(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_repeated_warnings_counted_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # An xattr name with a terminal escape sequence, skipped on three symlinks.
     xattrs = {b"user.\x1b[31mred": b"v"}
     layer = tar(*(symlink(f"l{index}", "target", xattrs=xattrs) for index in range(3)))
@@ -867,7 +865,7 @@ def test_device_without_mknod_is_skipped_on_request(tmp_path: Path) -> None:
     }
 
 
-def test_skipped_devices_are_counted_at_the_end(tmp_path: Path) -> None:
+def test_skipped_devices_counted_at_end(tmp_path: Path) -> None:
     layer = tmp_path / "layer.tar"
     layer.write_bytes(tar(char_device("null", 1, 3), char_device("zero", 1, 5)))
     result = run_without_mknod(layer, tmp_path / "root", skip_devices=True)
@@ -1115,7 +1113,7 @@ def test_expected_diff_id_is_checked(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
-def test_apply_without_digest_applies_the_same(tmp_path: Path, gzipped: bool) -> None:
+def test_apply_without_digest_same_result(tmp_path: Path, gzipped: bool) -> None:
     data = tar(file("dir/a", "1"), file("dir/b", "22")) + b"trailing junk"
     blob = gzip.compress(data, mtime=0) if gzipped else data
     hashed = apply(blob, tmp_path / "hashed")

@@ -129,7 +129,7 @@ def test_usage_errors(
     assert sorted(os.listdir(tmp_path)) == ["tree"]
 
 
-def test_missing_output_directory_fails_like_a_missing_layer(tree: Path, tmp_path: Path) -> None:
+def test_missing_output_directory_exits_one(tree: Path, tmp_path: Path) -> None:
     output = tmp_path / "missing" / "layer.tar"
     result = run("export", str(tree), "-o", str(output))
     assert result.returncode == 1
@@ -150,7 +150,7 @@ def test_missing_output_directory_fails_like_a_missing_layer(tree: Path, tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["tree"]
 
 
-def test_layer_that_is_a_file_suggests_the_tar_source(tree: Path, tmp_path: Path) -> None:
+def test_file_layer_suggests_tar_source(tree: Path, tmp_path: Path) -> None:
     layer = tmp_path / "layer.tar"
     layer.write_bytes(bytes(1024))
     result = run("export", str(layer), "-o", str(tmp_path / "out.tar"))

@@ -48,9 +48,7 @@ def test_counting_only_streams_have_no_digest() -> None:
 
 
 @pytest.mark.parametrize("compression", list(Compression), ids=lambda codec: codec.value)
-def test_export_without_digests_writes_the_same_blob(
-    tmp_path: Path, compression: Compression
-) -> None:
+def test_export_without_digests_same_blob(tmp_path: Path, compression: Compression) -> None:
     tree = tmp_path / "tree"
     write(tree / "etc" / "hosts", b"127.0.0.1 localhost\n" * 100, mtime=1_800_000_000)
     write(tree / "big", bytes(range(256)) * 8000, mtime=1_800_000_000)

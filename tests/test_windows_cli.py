@@ -66,7 +66,7 @@ def test_export_os_windows_tree(tmp_path: Path) -> None:
     ]
 
 
-def test_export_os_windows_file_needs_source_tar(
+def test_os_windows_file_needs_source_tar(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layer = tmp_path / "linux.tar"

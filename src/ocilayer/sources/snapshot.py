@@ -326,8 +326,8 @@ def _directory(path: str | bytes | os.PathLike[str], what: str = "layer") -> byt
             "that contains the layer's files"
         ) from None
     except OSError as error:
-        shown = show(full)
-        raise LayerError(f"cannot read {what} directory {shown}: {reason(error, full)}") from None
+        quoted = show(full)
+        raise LayerError(f"cannot read {what} directory {quoted}: {reason(error, full)}") from None
     if not stat.S_ISDIR(st.st_mode):
         # A layer given as a file is most often a layer tar, which the tar source reads.
         hint = ", or add --source tar to read a layer tar" if what == "layer" else ""

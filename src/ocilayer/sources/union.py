@@ -101,8 +101,8 @@ def _scan(
         finally:
             os.close(fd)
     except OSError as error:
-        shown = show(directory)
-        raise LayerError(f"cannot read directory {shown}: {reason(error, directory)}") from error
+        quoted = show(directory)
+        raise LayerError(f"cannot read directory {quoted}: {reason(error, directory)}") from error
 
 
 def walk_tree(root: bytes) -> Iterator[Node]:
