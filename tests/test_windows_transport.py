@@ -255,6 +255,21 @@ def test_writer_rejects_duplicates(writer: TransportWriter) -> None:
         add(writer, "Files/a", FILE)
 
 
+def test_writer_escapes_names_in_errors(writer: TransportWriter) -> None:
+    add(writer, "Files", DIR)
+    # A byte that is not UTF-8 (kept as a surrogate) and a terminal escape sequence.
+    hostile = b"Files\\bad\xff\x1b[31m".decode("utf-8", "surrogateescape")
+    add(writer, hostile, FILE)
+    with pytest.raises(LayerError) as raised:
+        add(writer, hostile, FILE)
+    assert str(raised.value) == r"'Files\\bad\xff\x1b[31m' appears twice in the layer"
+    with pytest.raises(UnsafePathError) as unsafe:
+        add(writer, "Files\\" + "x" * 300 + ":s", FILE)
+    assert str(unsafe.value) == (
+        "'Files\\\\" + "x" * 194 + "'... (308 bytes): ':' is not allowed in a layer path"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

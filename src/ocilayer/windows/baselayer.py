@@ -25,7 +25,7 @@ from ocilayer.windows.hostfiles import (
     set_xattr,
 )
 from ocilayer.windows.layeritem import LayerItem
-from ocilayer.windows.saferoot import LayerRoot, clean_layer_name, clean_link_target
+from ocilayer.windows.saferoot import LayerRoot, clean_layer_name, clean_link_target, show_name
 from ocilayer.windows.transport import (
     FILES,
     RECYCLE_BIN,
@@ -118,10 +118,10 @@ class BaseLayerWriter(PendingWriter):
                 fd = self._root.create(name)
         except FileNotFoundError:
             raise LayerError(
-                f"cannot add {name!r}: its parent directory is not in the layer yet"
+                f"cannot add {show_name(name)}: its parent directory is not in the layer yet"
             ) from None
         except FileExistsError:
-            raise LayerError(f"{name!r} appears twice in the layer") from None
+            raise LayerError(f"{show_name(name)} appears twice in the layer") from None
         set_xattr(fd, XATTR_BASIC_INFO, info.pack(), where)
         spool = new_spool()
         backup = BCD_BACKUPS.get(name.replace("\\", "/"))
@@ -158,15 +158,17 @@ class BaseLayerWriter(PendingWriter):
             self._root.link(target, name)
         except FileNotFoundError:
             raise LayerError(
-                f"failed to find link target for {name!r} -> {target!r}: the target must "
-                "come earlier in the layer"
+                f"failed to find link target for {show_name(name)} -> {show_name(target)}: "
+                "the target must come earlier in the layer"
             ) from None
         except FileExistsError:
-            raise LayerError(f"{name!r} appears twice in the layer") from None
+            raise LayerError(f"{show_name(name)} appears twice in the layer") from None
 
     def remove(self, name: str) -> None:
         """Reject a deleted path: a base layer has nothing below it to delete."""
-        raise LayerError(f"invalid whiteout for {name!r}: a base layer cannot have tombstones")
+        raise LayerError(
+            f"invalid whiteout for {show_name(name)}: a base layer cannot have tombstones"
+        )
 
     def close(self) -> None:
         """Complete the last entry."""

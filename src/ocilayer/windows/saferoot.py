@@ -14,13 +14,22 @@ import os
 import stat
 from collections.abc import Iterator
 
-from ocilayer.errors import UnsafePathError
+from ocilayer.errors import UnsafePathError, show
 
 # The longest path the Windows API takes, in UTF-16 code units.
 MAX_PATH_UNITS = 32767
 
 _DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+def show_name(name: str) -> str:
+    """Return a layer name quoted for a message, escaped as `errors.show` escapes bytes."""
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decodes to
+        encoded = name.encode("utf-8", "backslashreplace")
+    return show(encoded)
 
 
 def clean_layer_name(name: str) -> str:
@@ -32,20 +41,20 @@ def clean_layer_name(name: str) -> str:
     """
     text = name.replace("/", "\\")
     if text.startswith("\\"):
-        raise UnsafePathError(f"{name!r}: absolute names are not allowed in a layer")
+        raise UnsafePathError(f"{show_name(name)}: absolute names are not allowed in a layer")
     if ":" in text:
-        raise UnsafePathError(f"{name!r}: ':' is not allowed in a layer path")
+        raise UnsafePathError(f"{show_name(name)}: ':' is not allowed in a layer path")
     if "\x00" in text:
-        raise UnsafePathError(f"{name!r}: NUL is not allowed in a layer path")
+        raise UnsafePathError(f"{show_name(name)}: NUL is not allowed in a layer path")
     parts = [part for part in text.split("\\") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafePathError(f"{name!r}: '..' is not allowed in a layer path")
+        raise UnsafePathError(f"{show_name(name)}: '..' is not allowed in a layer path")
     if not parts:
-        raise UnsafePathError(f"{name!r}: the layer root itself cannot be an entry")
+        raise UnsafePathError(f"{show_name(name)}: the layer root itself cannot be an entry")
     cleaned = "\\".join(parts)
     if len(cleaned.encode("utf-16-le", "surrogatepass")) // 2 > MAX_PATH_UNITS:
         raise UnsafePathError(
-            f"{name[:60]!r}...: longer than {MAX_PATH_UNITS} UTF-16 units, the Windows limit"
+            f"{show_name(name)}: longer than {MAX_PATH_UNITS} UTF-16 units, the Windows limit"
         )
     return cleaned
 
@@ -55,8 +64,10 @@ def clean_link_target(name: str, target: str) -> str:
     try:
         return clean_layer_name(target)
     except UnsafePathError as error:
-        reason = str(error).removeprefix(f"{target!r}: ")
-        raise UnsafePathError(f"invalid hard link {name!r} -> {target!r}: {reason}") from error
+        reason = str(error).removeprefix(f"{show_name(target)}: ")
+        raise UnsafePathError(
+            f"invalid hard link {show_name(name)} -> {show_name(target)}: {reason}"
+        ) from error
 
 
 def has_path_prefix(name: str, prefix: str) -> bool:
@@ -131,8 +142,8 @@ class LayerRoot:
                 except OSError as error:
                     if _is_link(part, fd):
                         raise UnsafePathError(
-                            f"{name!r}: component {part!r} is a link; layers may not write "
-                            "through links"
+                            f"{show_name(name)}: component {show_name(part)} is a link; "
+                            "layers may not write through links"
                         ) from error
                     raise
                 os.close(fd)

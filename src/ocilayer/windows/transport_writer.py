@@ -39,6 +39,7 @@ from ocilayer.windows.saferoot import (
     clean_layer_name,
     clean_link_target,
     has_path_prefix,
+    show_name,
 )
 from ocilayer.windows.transport import (
     ATTRIBUTES_SIZE,
@@ -121,21 +122,25 @@ class TransportWriter(PendingWriter):
 
         if not allowed(name) or not allowed(target):
             raise LayerError(
-                f"invalid hard link {name!r} -> {target!r}: both names must be under "
-                f"{FILES}\\ or {UTILITY_VM_FILES}\\"
+                f"invalid hard link {show_name(name)} -> {show_name(target)}: both names must "
+                f"be under {FILES}\\ or {UTILITY_VM_FILES}\\"
             )
         if target not in self._added:
             # NOTE: hcsshim also finds targets in the parent layers, after ImportLayer;
             # a transport folder cannot point into them.
             raise LayerError(
-                f"failed to find link target for {name!r} -> {target!r}: the target must "
-                "come earlier in the same layer"
+                f"failed to find link target for {show_name(name)} -> {show_name(target)}: "
+                "the target must come earlier in the same layer"
             )
         if self._added[target]:
-            raise LayerError(f"invalid hard link {name!r} -> {target!r}: the target is a directory")
+            raise LayerError(
+                f"invalid hard link {show_name(name)} -> {show_name(target)}: the target is a "
+                "directory"
+            )
         if has_path_prefix(name, FILES) != has_path_prefix(target, FILES):
             raise LayerError(
-                f"hard link {name!r} -> {target!r} joins {FILES}\\ and {UTILITY_VM_FILES}\\, "
+                f"hard link {show_name(name)} -> {show_name(target)} joins {FILES}\\ and "
+                f"{UTILITY_VM_FILES}\\, "
                 "which a transport folder stores differently; import it as a base layer"
             )
         self._root.link(target, name)
@@ -149,11 +154,12 @@ class TransportWriter(PendingWriter):
             self._tombstones.append(name)
         elif has_path_prefix(name, UTILITY_VM_FILES):
             raise LayerError(
-                f"cannot delete {name!r}: a transport folder has no way to delete utility VM files"
+                f"cannot delete {show_name(name)}: a transport folder has no way to delete "
+                "utility VM files"
             )
         else:
             raise LayerError(
-                f"invalid tombstone {name!r}: only paths under {FILES}\\ can be deleted"
+                f"invalid tombstone {show_name(name)}: only paths under {FILES}\\ can be deleted"
             )
 
     def close(self) -> None:
@@ -167,19 +173,20 @@ class TransportWriter(PendingWriter):
             self._root.close()
 
     def _check_new(self, name: str) -> str:
-        # NOTE: Windows layer names are str with surrogate escapes, and the messages here
-        # show them with repr(), not errors.show: '\udcff' for a byte, long names uncut.
         name = clean_layer_name(name)
         if name.endswith(DIRECTORY_SUFFIX) or name == TOMBSTONES_FILE:
-            raise LayerError(f"{name!r}: this name is reserved by the transport folder layout")
+            raise LayerError(
+                f"{show_name(name)}: this name is reserved by the transport folder layout"
+            )
         if name in self._added:
-            raise LayerError(f"{name!r} appears twice in the layer")
+            raise LayerError(f"{show_name(name)} appears twice in the layer")
         parent = name
         while "\\" in parent:
             parent = parent.rsplit("\\", 1)[0]
             if parent in self._reparse_dirs:
                 raise LayerError(
-                    f"cannot add {name!r}: its parent directory {parent!r} is a reparse point"
+                    f"cannot add {show_name(name)}: its parent directory {show_name(parent)} "
+                    "is a reparse point"
                 )
         return name
 
@@ -187,29 +194,31 @@ class TransportWriter(PendingWriter):
         if name == UTILITY_VM:
             self._has_utility_vm = True
         elif not (name == UTILITY_VM_FILES or has_path_prefix(name, UTILITY_VM_FILES)):
-            raise LayerError(f"invalid UtilityVM layer: {name!r} is not under {UTILITY_VM_FILES}")
+            raise LayerError(
+                f"invalid UtilityVM layer: {show_name(name)} is not under {UTILITY_VM_FILES}"
+            )
         elif not self._has_utility_vm:
-            raise LayerError(f"missing UtilityVM directory: it must come before {name!r}")
+            raise LayerError(f"missing UtilityVM directory: it must come before {show_name(name)}")
 
     def _create(self, name: str) -> int:
         try:
             return self._root.create(name)
         except FileNotFoundError:
             raise LayerError(
-                f"cannot add {name!r}: its parent directory is not in the layer yet"
+                f"cannot add {show_name(name)}: its parent directory is not in the layer yet"
             ) from None
         except FileExistsError:
-            raise LayerError(f"{name!r} appears twice in the layer") from None
+            raise LayerError(f"{show_name(name)} appears twice in the layer") from None
 
     def _mkdir(self, name: str) -> None:
         try:
             self._root.mkdir(name)
         except FileNotFoundError:
             raise LayerError(
-                f"cannot add {name!r}: its parent directory is not in the layer yet"
+                f"cannot add {show_name(name)}: its parent directory is not in the layer yet"
             ) from None
         except FileExistsError:
-            raise LayerError(f"{name!r} appears twice in the layer") from None
+            raise LayerError(f"{show_name(name)} appears twice in the layer") from None
 
     def _add_transport_file(self, name: str, info: FileBasicInfo) -> BinaryIO:
         path = name
