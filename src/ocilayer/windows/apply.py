@@ -121,6 +121,7 @@ def import_windows_layer(
     )
     tar = TarInput(stream)
     try:
+        # NOTE: an OSError from writing an entry passes through without the entry's name.
         total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
         layer.close()
     except BaseException:
