@@ -145,7 +145,7 @@ class Workspace:
         if group.extracts is None:
             return
         extractions = sum(1 for item in group.commands if item.prepare) * (runs + 2)
-        # On ext4 an extracted tree of small files takes about 1.4 times its tar's size.
+        # Here the 200k-file tree took 790 MB on ext4 for its 565 MB tar: 1.4 times.
         needed = int(group.extracts.stat().st_size * 1.5) * extractions
         free = shutil.disk_usage(self.trash).free
         if free < needed:

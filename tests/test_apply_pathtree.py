@@ -93,7 +93,7 @@ def test_set_children_every_parent_kind() -> None:
     tree.set_children(b"new/dir", [b"p", b"q", b"r"], "file")
     tree[b"deep/er/still"] = "directory"
     tree.set_children(b"deep/er", [b"s", b"t"], "file")
-    # A name recorded already takes the new value; its children stay.
+    # A name recorded already takes the new value and keeps its children.
     tree[b"new/dir/p/under"] = "file"
     tree.set_children(b"new/dir", [b"p", b"u"], "directory")
     expected = {
@@ -127,7 +127,7 @@ def test_random_operations_match_naive_map(seed: int) -> None:
             tree.discard(path)
             naive.discard(path)
         elif action < 0.8:
-            # A run of files in one directory; the root is a directory too.
+            # A run of files in one directory, which may be the root.
             parent = path if rng.random() < 0.8 else b""
             children = rng.sample(names, rng.randint(1, len(names)))
             value = rng.choice(["file", "directory"])

@@ -303,6 +303,7 @@ class _Prefixed(io.RawIOBase):
     def __init__(self, head: bytes, raw: BinaryIO) -> None:
         self._head = head
         self._raw = raw
+        self._readinto = getattr(raw, "readinto", None)
 
     def readable(self) -> bool:
         return True
@@ -314,9 +315,8 @@ class _Prefixed(io.RawIOBase):
             view[:count] = self._head[:count]
             self._head = self._head[count:]
             return count
-        readinto = getattr(self._raw, "readinto", None)
-        if readinto is not None:
-            return cast(int, readinto(view))
+        if self._readinto is not None:
+            return cast(int, self._readinto(view))
         data = self._raw.read(len(view))
         view[: len(data)] = data
         return len(data)

@@ -115,8 +115,8 @@ class Applier:
         # nested directories: (path of the deepest, length of the first one's path).
         # A run stores one path, so a deep entry costs memory linear in its length.
         self.created_directories: list[tuple[bytes, int]] = []
-        # Directories whose times to set at the end: sort key of the real path (see
-        # `record_directory`) -> (atime, mtime, mode); a later entry replaces an earlier.
+        # Directories whose times to set at the end, keyed as `record_directory` keys
+        # them, with (atime, mtime, mode). A later entry replaces an earlier one, and
         # `finish` adds the directories of `restore_modes` with None times.
         self.directory_times: dict[bytes, tuple[int | None, int | None, int]] = {}
         # Rootless: the modes of existing directories that were given owner rwx to
