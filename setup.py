@@ -1,6 +1,7 @@
 """Build the optional C extensions; without a compiler ocilayer installs and runs without them.
 
-`ocilayer._packer` writes the common entries of a base layer export, and
+`ocilayer._packer` writes the common entries of a base layer export,
+`ocilayer._compare` compares file contents on its own thread during a diff export, and
 `ocilayer._filerun` creates runs of plain files and symlinks when a layer is applied.
 """
 
@@ -10,5 +11,6 @@ setup(
     ext_modules=[
         Extension("ocilayer._packer", sources=["src/ocilayer/_packer.c"], optional=True),
         Extension("ocilayer._filerun", sources=["src/ocilayer/_filerun.c"], optional=True),
+        Extension("ocilayer._compare", sources=["src/ocilayer/_compare.c"], optional=True),
     ]
 )

@@ -2,6 +2,8 @@
 
 Each case builds a base tree, copies it with `cp -a` and changes the copy; the
 expected changes are those continuity's `fs.Changes` reports for the same steps.
+Every case runs twice: with file contents compared by `ocilayer._compare`, and in
+Python.
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import pytest
 from layer_helpers import copy_tree, write
 from ocilayer import ChangeKind, export_changes
 from ocilayer.entry import Entry, FileType
+from ocilayer.native import PURE_PYTHON
 from ocilayer.sources.snapshot import SnapshotSource, _files_equal
 from ocilayer.sources.union import walk_key
 
 ADD, MODIFY, DELETE = ChangeKind.ADD, ChangeKind.MODIFY, ChangeKind.DELETE
 T = 1_700_000_000 * 10**9
+
+
+@pytest.fixture(autouse=True, params=["comparer", "python"])
+def compare_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each case with file contents compared on the C comparer's thread, and in Python."""
+    if request.param == "python":
+        monkeypatch.setenv(PURE_PYTHON, "1")
+    else:
+        monkeypatch.delenv(PURE_PYTHON, raising=False)
 
 
 def changes(lower: Path, upper: Path) -> list[tuple[ChangeKind, str]]:

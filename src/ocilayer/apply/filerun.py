@@ -18,9 +18,7 @@ value, the applier creates every file itself.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from collections.abc import Callable
 from types import ModuleType
 
@@ -28,6 +26,7 @@ from ocilayer.apply.applier import Applier, Origin
 from ocilayer.apply.paths import PATH_MAX
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import OcilayerError
+from ocilayer.native import load_extension
 from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
 
 logger = logging.getLogger("ocilayer.apply")
@@ -37,12 +36,7 @@ _MAX_BASE_NAME = 100
 
 
 def _load() -> ModuleType | None:
-    if os.environ.get("OCILAYER_PURE_PYTHON"):
-        return None
-    try:
-        return importlib.import_module("ocilayer._filerun")
-    except ImportError:
-        return None
+    return load_extension("_filerun")
 
 
 class FileRuns:

@@ -15,7 +15,6 @@ OCILAYER_PURE_PYTHON set to a non-empty value, every export takes the Python pat
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import stat
@@ -25,6 +24,7 @@ from typing import Any, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError, reason, show
+from ocilayer.native import load_extension
 from ocilayer.readahead import read_ahead
 from ocilayer.sources.snapshot import SnapshotSource, changed_size, check_name, entry_from_node
 from ocilayer.sources.union import Node
@@ -46,12 +46,7 @@ class PackedEntries(NamedTuple):
 
 def load_packer() -> ModuleType | None:
     """Return the C packer module, or None when it is not built or is turned off."""
-    if os.environ.get("OCILAYER_PURE_PYTHON"):
-        return None
-    try:
-        return importlib.import_module("ocilayer._packer")
-    except ImportError:
-        return None
+    return load_extension("_packer")
 
 
 def packed_changes(

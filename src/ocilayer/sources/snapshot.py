@@ -10,6 +10,10 @@ uses, so the same trees give the same changes in the same order:
 - a path in both is a MODIFY unless `same_file` finds it unchanged. An unchanged
   non-directory with more than one link is still reported, as UNMODIFIED, because
   the tar writer needs every name of a hardlink group.
+
+Comparing file contents takes about a third of the time of a diff of two similar trees.
+When the optional C extension `ocilayer._compare` is built, those reads run on its
+own thread while the walk goes on, and the changes still leave in walk order.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from ocilayer.entry import EMPTY_XATTRS, ChangeKind, Entry, FileType, new_entry
 from ocilayer.errors import LayerError, reason, show
+from ocilayer.native import load_extension
 from ocilayer.sources.union import (
     WHITEOUT_PREFIX,
     Node,
@@ -68,14 +75,15 @@ def _files_equal(first: bytes, second: bytes, size: int) -> bool:
         os.close(first_fd)
 
 
-def same_file(lower: Node, upper: Node) -> bool:
+def metadata_verdict(lower: Node, upper: Node) -> bool | None:
     """Decide whether a path present in both trees is unchanged, by continuity's rules.
 
     Type, permissions, owner and device number must match, and so must the
     `security.capability` bytes (no other xattr is compared). For a non-directory,
     size and mtime seconds must match too. When both mtimes have zero nanoseconds
-    (so a tar round trip may have cut them), the content decides: symlink targets,
-    or file bytes. Otherwise the nanoseconds decide and the content is not read.
+    (so a tar round trip may have cut them), the content decides: symlink targets
+    are read here, and for regular files with data None is returned, meaning that
+    their bytes decide. Otherwise the nanoseconds decide.
     """
     a, b = lower.st, upper.st
     if a.st_dev == b.st_dev and a.st_ino == b.st_ino:
@@ -97,16 +105,30 @@ def same_file(lower: Node, upper: Node) -> bool:
             return os.readlink(lower.full) == os.readlink(upper.full)
         if a.st_size == 0:
             return True
-        return _files_equal(lower.full, upper.full, a.st_size)
+        return None
     return a_nanos == b_nanos
+
+
+def same_file(lower: Node, upper: Node) -> bool:
+    """Decide whether a path present in both trees is unchanged, reading file bytes if needed."""
+    verdict = metadata_verdict(lower, upper)
+    if verdict is None:
+        return _files_equal(lower.full, upper.full, lower.st.st_size)
+    return verdict
 
 
 def _is_linked(st: os.stat_result) -> bool:
     return st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode)
 
 
-def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]:
-    """Merge two walks into changes, in walk order (continuity's double walk)."""
+def _merge_walks(
+    lower: Iterable[Node], upper: Iterable[Node]
+) -> Iterator[tuple[ChangeKind | None, Node, Node | None]]:
+    """Merge two walks in walk order (continuity's double walk), without comparing.
+
+    Yields (DELETE, lower node, None), (ADD, upper node, None), or (None, upper node,
+    lower node) for a path in both trees, which the caller compares.
+    """
     lower_it, upper_it = iter(lower), iter(upper)
     low = next(lower_it, None)
     up = next(upper_it, None)
@@ -126,30 +148,102 @@ def diff_walks(lower: Iterable[Node], upper: Iterable[Node]) -> Iterator[Change]
                 removed_dir = low.path + b"/"
             else:
                 removed_dir = None
-            yield ChangeKind.DELETE, low
+            yield ChangeKind.DELETE, low, None
             low = next(lower_it, None)
             low_key = None if low is None else walk_key(low.path)
         elif low_key is None or low_key > up_key:
             assert up is not None
             removed_dir = None
-            yield ChangeKind.ADD, up
+            yield ChangeKind.ADD, up, None
             up = next(upper_it, None)
             up_key = None if up is None else walk_key(up.path)
         else:
             assert up is not None and low is not None
-            same = same_file(low, up)
             if stat.S_ISDIR(low.st.st_mode) and not stat.S_ISDIR(up.st.st_mode):
                 removed_dir = low.path + b"/"
             else:
                 removed_dir = None
-            if not same:
-                yield ChangeKind.MODIFY, up
-            elif _is_linked(up.st):
-                yield ChangeKind.UNMODIFIED, up
+            yield None, up, low
             low = next(lower_it, None)
             up = next(upper_it, None)
             low_key = None if low is None else walk_key(low.path)
             up_key = None if up is None else walk_key(up.path)
+
+
+def diff_walks(
+    lower: Iterable[Node], upper: Iterable[Node], comparer: Any = None
+) -> Iterator[Change]:
+    """Merge two walks into changes, in walk order (continuity's double walk).
+
+    With `comparer`, an `ocilayer._compare.Comparer`, file contents are compared on
+    its thread while the walk goes on; see `_diff_ahead`.
+    """
+    if comparer is not None:
+        yield from _diff_ahead(_merge_walks(lower, upper), comparer)
+        return
+    for kind, node, low in _merge_walks(lower, upper):
+        verdict = None if low is None else same_file(low, node)
+        change = _change(kind, node, verdict)
+        if change is not None:
+            yield change
+
+
+def _change(kind: ChangeKind | None, node: Node, verdict: object) -> Change | None:
+    """Return the change of a merged path, given the verdict of its comparison."""
+    if kind is not None:
+        return kind, node
+    if not verdict:
+        return ChangeKind.MODIFY, node
+    if _is_linked(node.st):
+        return ChangeKind.UNMODIFIED, node
+    return None
+
+
+# The most changes the diff holds back while the oldest waits for its comparison.
+# The Comparer's capacity must be at least this.
+LOOK_AHEAD = 512
+_PENDING = object()
+
+
+def _diff_ahead(
+    merged: Iterator[tuple[ChangeKind | None, Node, Node | None]], comparer: Any
+) -> Iterator[Change]:
+    """Turn merged walks into changes, with file contents compared on the comparer's thread.
+
+    A path whose content decides is queued on the comparer, and the walk goes on to
+    the next paths. Changes leave in walk order: the oldest leaves once its
+    comparison has finished, or when LOOK_AHEAD changes wait behind it.
+    """
+    waiting: deque[tuple[ChangeKind | None, Node, object]] = deque()
+    try:
+        for kind, node, low in merged:
+            if kind is None:
+                assert low is not None
+                verdict: object = metadata_verdict(low, node)
+                if verdict is None:
+                    comparer.submit(low.full, node.full, low.st.st_size)
+                    verdict = _PENDING
+                waiting.append((None, node, verdict))
+            else:
+                waiting.append((kind, node, None))
+            while waiting:
+                kind, node, verdict = waiting[0]
+                if verdict is _PENDING:
+                    if len(waiting) < LOOK_AHEAD and not comparer.ready():
+                        break
+                    verdict = comparer.take()
+                waiting.popleft()
+                change = _change(kind, node, verdict)
+                if change is not None:
+                    yield change
+        for kind, node, verdict in waiting:
+            if verdict is _PENDING:
+                verdict = comparer.take()
+            change = _change(kind, node, verdict)
+            if change is not None:
+                yield change
+    finally:
+        comparer.close()
 
 
 # Regular files up to this size are read when their entry is made, through the same
@@ -292,7 +386,9 @@ class SnapshotSource:
         """Yield the changes of the layer as entries, in walk order."""
         upper = (check_name(node) for node in walk_tree(self.root))
         if self.parents:
-            changes: Iterable[Change] = diff_walks(walk_union(self.parents), upper)
+            compare = load_extension("_compare")
+            comparer = None if compare is None else compare.Comparer(LOOK_AHEAD)
+            changes: Iterable[Change] = diff_walks(walk_union(self.parents), upper, comparer)
         else:
             changes = ((ChangeKind.ADD, node) for node in upper)
         for kind, node in changes:
