@@ -457,17 +457,59 @@ def test_create_files_stops_at_directory(tmp_path: Path) -> None:
     assert os.lstat(target / "d/b").st_mtime_ns == MTIME_NS
 
 
-def test_create_files_takes_only_bytes(tmp_path: Path) -> None:
-    """A mutable buffer is rejected: the C code reads the headers with the GIL released."""
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_create_files_takes_any_buffer(tmp_path: Path, kind: type) -> None:
+    """The reader passes a view of its reusable buffer; the result is that of bytes."""
     target = tmp_path / "target"
     target.mkdir()
+    data = file("a", "abc") + file("b", "") + directory("c/")
     dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
     try:
-        with pytest.raises(TypeError):
-            CREATE_FILES(bytearray(file("a", "a")), 0, dir_fd, b"", True)
+        result = CREATE_FILES(kind(bytearray(b"x" * 7 + data)), 7, dir_fd, b"", True)
     finally:
         os.close(dir_fd)
-    assert os.listdir(target) == []
+    assert result == (2 * BLOCK + BLOCK, [b"a", b"b"], 3)
+    assert sorted(os.listdir(target)) == ["a", "b"]
+    assert (target / "a").read_bytes() == b"abc"
+
+
+def test_create_files_with_a_buffer_changed_during_the_call(tmp_path: Path) -> None:
+    """A buffer changed during the call never makes C use a name it did not check.
+
+    Another thread keeps turning the names of the headers into `../escape` (with a
+    valid checksum) and back while the run is created. Whatever each header read as,
+    every file created is one of the names checked, inside the target directory.
+    """
+    count = 300
+    headers = [file(b"f%03d" % index, "x") for index in range(count)]
+    hostile = [file(b"../escape%03d" % index, "x") for index in range(count)]
+    for attempt in range(20):
+        target = tmp_path / f"target{attempt}" / "inner"
+        target.mkdir(parents=True)
+        buffer = bytearray(b"".join(headers))
+        stop = threading.Event()
+
+        def flip(buffer: bytearray = buffer, stop: threading.Event = stop) -> None:
+            turn = 0
+            while not stop.is_set():
+                source = hostile if turn % 2 == 0 else headers
+                for index in range(0, count, 3):
+                    start = index * 2 * BLOCK
+                    buffer[start : start + BLOCK] = source[index][:BLOCK]
+                turn += 1
+
+        flipper = threading.Thread(target=flip)
+        flipper.start()
+        dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
+        try:
+            _, names, _ = CREATE_FILES(memoryview(buffer), 0, dir_fd, b"", True)
+        finally:
+            os.close(dir_fd)
+            stop.set()
+            flipper.join()
+        assert all(b"/" not in name for name in names)
+        assert sorted(os.listdir(target)) == sorted(os.fsdecode(name) for name in names)
+        assert os.listdir(target.parent) == ["inner"]
 
 
 def test_starts_run_checks_next_header() -> None:

@@ -37,6 +37,7 @@ from ocilayer.tarformat.encoder import (
     encode_header,
     format_pax_record,
 )
+from ocilayer.tarformat.reader import BLOCK_SIZE as BLOCK
 from ocilayer.tarformat.reader import TarReader, clean_entry_path, read_entries
 from trees import Dir, Fifo, File, Hardlink, Node, Symlink, build_tree
 
@@ -775,3 +776,70 @@ def test_reader_fills_every_entry_field() -> None:
         devminor=5,
         xattrs={b"user.k": b"v"},
     )
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most `step` bytes a call, with or without readinto."""
+
+    def __init__(self, data: bytes, step: int, with_readinto: bool) -> None:
+        self._data = memoryview(data)
+        self._step = step
+        self._position = 0
+        if not with_readinto:
+            self.readinto = None  # type: ignore[assignment]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            size = len(self._data)
+        end = min(self._position + size, self._position + self._step, len(self._data))
+        chunk = self._data[self._position : end].tobytes()
+        self._position = end
+        return chunk
+
+    def readinto(self, buffer: Any, /) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@pytest.mark.parametrize("with_readinto", [True, False], ids=["readinto", "read"])
+@pytest.mark.parametrize("step", [5, 700, 1 << 20])
+def test_read_ahead_serves_the_stream_in_order(step: int, with_readinto: bool) -> None:
+    """read_ahead and consume see the stream's bytes in order, then entries read on.
+
+    Short reads, a buffer that grows, bytes left over that move to the front of the
+    buffer, and streams with and without readinto.
+    """
+    entries = [file(f"f{index}", bytes([index]) * index * 37) for index in range(40)]
+    boundaries = [0]
+    for raw in entries:
+        boundaries.append(boundaries[-1] + len(raw))
+    data = tar(b"".join(entries))
+    reader = TarReader(_Trickle(data, step, with_readinto))
+    index = 0
+    # Each at least two entries long (two entries here take at most 8 blocks).
+    for size in (8 * BLOCK, 9 * BLOCK, 40 * BLOCK, 8 * BLOCK, 12 * BLOCK, 30 * BLOCK):
+        view, start = reader.read_ahead(size)
+        position = boundaries[index]
+        assert len(view) - start >= size
+        assert bytes(view[start : start + size]) == data[position : position + size]
+        # Take two whole entries: the rest of what was read ahead is served again.
+        reader.consume(boundaries[index + 2] - position)
+        index += 2
+    assert reader.offset == boundaries[index]
+    rest = list(reader)
+    assert [e.path for e in rest] == [b"f%d" % n for n in range(index, 40)]
+    assert reader.offset == len(data)
+
+
+def test_read_ahead_at_the_end_of_the_stream() -> None:
+    data = tar(file("only", "abc"))
+    reader = TarReader(io.BytesIO(data))
+    view, start = reader.read_ahead(1 << 20)
+    assert (bytes(view), start) == (data, 0)
+    reader.consume(2 * BLOCK)
+    assert list(reader) == []
+    assert reader.offset == len(data)

@@ -44,7 +44,7 @@
 #define HOLE_SIZE 4096
 
 typedef struct {
-    size_t offset; /* of the base name in `data` */
+    size_t offset; /* of the base name in the names arena */
     size_t length;
 } Created;
 
@@ -223,40 +223,50 @@ create_symlink(int dir_fd, const Plain *entry, const unsigned char *block, int c
 static PyObject *
 create_files(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    /* Only bytes: the GIL is released while the headers are checked and used, so the
-       data must not change under the loop. */
-    PyObject *bytes;
+    /* Any buffer: the reader passes a view of its own reusable buffer. The GIL is
+       released during the loop, so each header is copied before it is checked and
+       its name is taken from that copy: a buffer changed by another thread could
+       change file data, never a checked name. */
+    Py_buffer buffer;
     Py_ssize_t position;
     int dir_fd, chown_files;
     const char *directory;
     Py_ssize_t directory_length;
-    if (!PyArg_ParseTuple(args, "O!niy#p", &PyBytes_Type, &bytes, &position, &dir_fd,
-                          &directory, &directory_length, &chown_files))
+    if (!PyArg_ParseTuple(args, "y*niy#p", &buffer, &position, &dir_fd, &directory,
+                          &directory_length, &chown_files))
         return NULL;
-    if (position < 0 || position > PyBytes_GET_SIZE(bytes)) {
+    if (position < 0 || position > buffer.len) {
+        PyBuffer_Release(&buffer);
         PyErr_SetString(PyExc_ValueError, "position is outside the buffer");
         return NULL;
     }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(bytes);
-    size_t length = (size_t)PyBytes_GET_SIZE(bytes);
+    const unsigned char *data = (const unsigned char *)buffer.buf;
+    size_t length = (size_t)buffer.len;
     size_t offset = (size_t)position;
     size_t capacity = 64, count = 0;
+    size_t arena_capacity = 64 * 100, arena_used = 0;
     Created *created = malloc(capacity * sizeof(Created));
+    char *arena = malloc(arena_capacity);
     long long written = 0;
-    if (created == NULL)
+    if (created == NULL || arena == NULL) {
+        free(created);
+        free(arena);
+        PyBuffer_Release(&buffer);
         return PyErr_NoMemory();
+    }
 
     Py_BEGIN_ALLOW_THREADS
+    unsigned char header[BLOCK];
     while (length - offset >= BLOCK) {
         Plain entry;
-        const unsigned char *block = data + offset;
-        if (parse_plain(block, directory, (size_t)directory_length, &entry) != 0)
+        memcpy(header, data + offset, BLOCK);
+        if (parse_plain(header, directory, (size_t)directory_length, &entry) != 0)
             break;
         size_t size = (size_t)entry.size;
         size_t padded = size + (BLOCK - size % BLOCK) % BLOCK;
         if (entry.size > MAX_DATA || length - offset - BLOCK < padded)
             break;
-        const unsigned char *content = block + BLOCK;
+        const unsigned char *content = data + offset + BLOCK;
         if (size >= HOLE_SIZE && all_zero(content, size))
             break;
         if (count == capacity) {
@@ -266,22 +276,32 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
             created = grown;
             capacity *= 2;
         }
+        if (arena_capacity - arena_used < entry.name_length) {
+            char *grown = realloc(arena, 2 * arena_capacity);
+            if (grown == NULL)
+                break;
+            arena = grown;
+            arena_capacity *= 2;
+        }
         int failed = entry.typeflag == '2'
-                         ? create_symlink(dir_fd, &entry, block, chown_files)
+                         ? create_symlink(dir_fd, &entry, header, chown_files)
                          : create_file(dir_fd, &entry, content, chown_files);
         if (failed)
             break;
-        created[count].offset = (size_t)(entry.name - (const char *)data);
+        memcpy(arena + arena_used, entry.name, entry.name_length);
+        created[count].offset = arena_used;
         created[count].length = entry.name_length;
+        arena_used += entry.name_length;
         count++;
         written += entry.size;
         offset += BLOCK + padded;
     }
     Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buffer);
 
     PyObject *names = PyList_New((Py_ssize_t)count);
     for (size_t i = 0; names != NULL && i < count; i++) {
-        PyObject *name = PyBytes_FromStringAndSize((const char *)data + created[i].offset,
+        PyObject *name = PyBytes_FromStringAndSize(arena + created[i].offset,
                                                    (Py_ssize_t)created[i].length);
         if (name == NULL)
             Py_CLEAR(names);
@@ -289,6 +309,7 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
             PyList_SET_ITEM(names, (Py_ssize_t)i, name);
     }
     free(created);
+    free(arena);
     if (names == NULL)
         return NULL;
     return Py_BuildValue("(nNL)", (Py_ssize_t)(offset - (size_t)position), names, written);
@@ -297,18 +318,21 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
 static PyObject *
 starts_run(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *bytes;
+    Py_buffer buffer;
     Py_ssize_t position;
     const char *directory;
     Py_ssize_t directory_length;
-    if (!PyArg_ParseTuple(args, "O!ny#", &PyBytes_Type, &bytes, &position, &directory,
-                          &directory_length))
+    if (!PyArg_ParseTuple(args, "y*ny#", &buffer, &position, &directory, &directory_length))
         return NULL;
-    if (position < 0 || PyBytes_GET_SIZE(bytes) - position < BLOCK)
-        Py_RETURN_FALSE;
-    Plain entry;
-    const unsigned char *block = (const unsigned char *)PyBytes_AS_STRING(bytes) + position;
-    return PyBool_FromLong(parse_plain(block, directory, (size_t)directory_length, &entry) == 0);
+    int starts = 0;
+    if (position >= 0 && buffer.len - position >= BLOCK) {
+        unsigned char header[BLOCK];
+        Plain entry;
+        memcpy(header, (const unsigned char *)buffer.buf + position, BLOCK);
+        starts = parse_plain(header, directory, (size_t)directory_length, &entry) == 0;
+    }
+    PyBuffer_Release(&buffer);
+    return PyBool_FromLong(starts);
 }
 
 static PyMethodDef filerun_methods[] = {

@@ -159,28 +159,67 @@ class _Header:
 
 
 class _Pushback:
-    """A stream with bytes read ahead of it put back in front, served before the rest."""
+    """A stream with a reusable buffer of bytes read ahead, served before the rest.
 
-    __slots__ = ("head", "position", "stream")
+    `buffer[start:end]` holds bytes read from `stream` that nobody has read yet. The
+    buffer is filled with `readinto` where the stream has it, so reading ahead
+    allocates nothing once the buffer has its size.
+    """
+
+    __slots__ = ("buffer", "end", "readinto", "start", "stream", "view")
 
     def __init__(self, stream: Readable) -> None:
         self.stream = stream
-        self.head = b""
-        self.position = 0
+        self.readinto = getattr(stream, "readinto", None)
+        self.buffer = bytearray()
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0
 
     def read(self, size: int = -1, /) -> bytes:
-        head, start = self.head, self.position
-        if start == len(head):
+        start, end = self.start, self.end
+        if start == end:
             return self.stream.read(size)
-        end = len(head) if size < 0 else start + size
-        if end < len(head):
-            self.position = end
-            return head[start:end]
-        self.head, self.position = b"", 0
-        data = head[start:]
+        stop = end if size < 0 or start + size > end else start + size
+        data = self.view[start:stop].tobytes()
+        self.start = stop
         if size < 0:
             return data + self.stream.read()
-        return data + self.stream.read(end - len(head)) if end > len(head) else data
+        if len(data) < size:
+            return data + self.stream.read(size - len(data))
+        return data
+
+    def fill(self, size: int) -> tuple[memoryview, int]:
+        """Make at least `size` bytes available unless the stream ends; return (view, start).
+
+        The view covers the buffer up to its last valid byte; its bytes stay as they are until
+        the next call of any method.
+        """
+        start, end = self.start, self.end
+        available = end - start
+        if available < size:
+            # Twice the size, so that the bytes left over move once per `size` read.
+            wanted = 2 * size
+            if len(self.buffer) < wanted:
+                grown = bytearray(wanted)
+                grown[:available] = self.view[start:end]
+                self.buffer, self.view = grown, memoryview(grown)
+            elif available:
+                self.view[:available] = self.view[start:end]
+            start, end = 0, available
+            while end < wanted:
+                got = self._read_into(self.view[end:wanted])
+                if not got:
+                    break
+                end += got
+            self.start, self.end = start, end
+        return self.view[:end], start
+
+    def _read_into(self, target: memoryview) -> int:
+        if self.readinto is not None:
+            return int(self.readinto(target))
+        data = self.stream.read(len(target))
+        target[: len(data)] = data
+        return len(data)
 
 
 class TarReader:
@@ -214,7 +253,7 @@ class TarReader:
 
     # Read-ahead for callers that take whole entries from the raw bytes
 
-    def read_ahead(self, size: int) -> tuple[bytes, int]:
+    def read_ahead(self, size: int) -> tuple[memoryview, int]:
         """Finish the current entry and return (data, position): the next bytes of the stream.
 
         The stream's next bytes are `data[position:]`, at least `size` of them unless
@@ -224,19 +263,14 @@ class TarReader:
         stream = self._stream
         if not isinstance(stream, _Pushback):
             stream = self._stream = _Pushback(stream)
-        available = len(stream.head) - stream.position
-        if available < size:
-            # Twice the size, so that the bytes left over are copied once per `size` read.
-            more = stream.stream.read(2 * size)
-            stream.head, stream.position = stream.head[stream.position :] + more, 0
-        return stream.head, stream.position
+        return stream.fill(size)
 
     def consume(self, count: int) -> None:
         """Count the first `count` bytes that `read_ahead` returned as read."""
         stream = self._stream
         assert isinstance(stream, _Pushback)
-        assert count <= len(stream.head) - stream.position
-        stream.position += count
+        assert count <= stream.end - stream.start
+        stream.start += count
         self.offset += count
 
     # Reading raw bytes
