@@ -7,7 +7,6 @@ one pass yields both digests.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
 from ocilayer.errors import Cancelled, LayerError, reason, show
+from ocilayer.logs import get_logger
 from ocilayer.progress import Progress
 from ocilayer.sources.packed import PackedEntries, packed_changes
 from ocilayer.sources.snapshot import SnapshotSource
@@ -26,7 +26,7 @@ from ocilayer.xattrs import XattrPolicy
 if TYPE_CHECKING:
     from ocilayer.sources.overlay import OverlaySource
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 PathArg = str | bytes | os.PathLike[str]
 

@@ -18,13 +18,13 @@ whose file changed are written too, right after the name that carries the data.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable, Hashable
 from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import LayerError, OutputError, reason, show
+from ocilayer.logs import get_logger
 from ocilayer.sources.packed import PackedEntries
 from ocilayer.sources.snapshot import changed_size, open_regular
 from ocilayer.sources.union import OPAQUE_MARKER, WHITEOUT_PREFIX
@@ -36,7 +36,7 @@ from ocilayer.tarformat.encoder import (
     encode_plain_ustar,
 )
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 _BUFFER_SIZE = 1 << 20
 _COPY_CHUNK = 1 << 20

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable
@@ -56,8 +55,9 @@ from ocilayer.apply.paths import (
 from ocilayer.apply.pathtree import PathTree
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import TarFormatError, UnsafePathError, show
+from ocilayer.logs import get_logger
 
-logger = logging.getLogger("ocilayer.apply")
+logger = get_logger("ocilayer.apply")
 
 TEMP_PREFIX = b".wh..ocilayer-"
 _COPY_CHUNK = 1 << 20

@@ -18,7 +18,6 @@ value, the applier creates every file itself.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from types import ModuleType
 
@@ -26,10 +25,11 @@ from ocilayer.apply.applier import Applier, Origin
 from ocilayer.apply.paths import PATH_MAX
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
 from ocilayer.errors import OcilayerError
+from ocilayer.logs import get_logger
 from ocilayer.native import load_extension
 from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
 
-logger = logging.getLogger("ocilayer.apply")
+logger = get_logger("ocilayer.apply")
 
 # A base name in the C code comes from one header field of 100 bytes.
 _MAX_BASE_NAME = 100

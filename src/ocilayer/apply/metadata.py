@@ -14,16 +14,16 @@ gets chmod (Linux has no mode on symlinks).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable, Iterable
 
 from ocilayer.apply.errors import UNMAPPED_ID, ApplyError
 from ocilayer.entry import Entry, FileType
 from ocilayer.errors import show
+from ocilayer.logs import get_logger
 from ocilayer.xattrs import is_host_specific
 
-logger = logging.getLogger("ocilayer.apply")
+logger = get_logger("ocilayer.apply")
 
 CAPABILITY_XATTR = b"security.capability"
 # Overlay-private xattrs in a tar could forge whiteouts, opaque directories or

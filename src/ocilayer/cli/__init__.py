@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ocilayer import __version__
+from ocilayer import __version__, logs
 from ocilayer.errors import Cancelled, OcilayerError
 
-log = logging.getLogger("ocilayer")
+log = logs.get_logger("ocilayer")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -34,17 +34,51 @@ Runner = Callable[[argparse.Namespace], int]
 SUBCOMMANDS = ["ocilayer.cli.export_command", "ocilayer.cli.apply_command"]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, with the terminal width found without importing shutil.
+
+    argparse makes a formatter for every option it adds, and without a width the
+    formatter imports shutil (with bz2, lzma and zlib) to ask for the terminal size.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2  # the margin argparse leaves
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    """Return the width shutil.get_terminal_size gives: $COLUMNS, stdout's terminal, or 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocilayer",
         description="Turn container filesystem layers into OCI layer tar streams, and back.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ocilayer {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show debug messages and a traceback on errors"
     )
     # --debug is accepted after the subcommand too; SUPPRESS keeps a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_HelpFormatter)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show debug messages and a traceback on errors")  # fmt: skip
     common.add_argument(
@@ -68,6 +102,7 @@ class _WithParents:
 
     def add_parser(self, name: str, **options: Any) -> argparse.ArgumentParser:
         options.setdefault("parents", []).append(self._common)
+        options.setdefault("formatter_class", _HelpFormatter)
         sub: argparse.ArgumentParser = self._subparsers.add_parser(name, **options)
         # Usage errors found after parsing print this subcommand's usage line.
         sub.set_defaults(subparser=sub)
@@ -75,10 +110,8 @@ class _WithParents:
 
 
 def _configure_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("ocilayer: %(levelname)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    level = logs.DEBUG if debug else logs.INFO
+    logs.configure(level, "ocilayer: %(levelname)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

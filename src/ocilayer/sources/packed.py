@@ -15,7 +15,6 @@ OCILAYER_PURE_PYTHON set to a non-empty value, every export takes the Python pat
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -24,13 +23,14 @@ from typing import Any, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry
 from ocilayer.errors import LayerError, reason, show
+from ocilayer.logs import get_logger
 from ocilayer.native import load_extension
 from ocilayer.readahead import read_ahead
 from ocilayer.sources.snapshot import SnapshotSource, changed_size, check_name, entry_from_node
 from ocilayer.sources.union import Node
 from ocilayer.xattrs import XattrPolicy
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 
 class PackedEntries(NamedTuple):

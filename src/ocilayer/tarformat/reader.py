@@ -34,7 +34,6 @@ are cleaned the same way; symlink targets are kept verbatim.
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 import struct
@@ -734,6 +733,8 @@ def _check_int64(digits: bytes, key: bytes, name: bytes, offset: int) -> int:
 
 def _decode_base64(value: bytes, offset: int) -> bytes:
     """Decode base64 with or without its `=` padding (libarchive leaves it out)."""
+    import base64  # only libarchive's xattr records need it
+
     try:
         return base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
     except ValueError:

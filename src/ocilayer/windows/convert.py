@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import logging
 import os
 import posixpath
 import threading
@@ -32,6 +31,7 @@ from ocilayer.compression import Compression, open_compressor, open_decompressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import FileType
 from ocilayer.errors import Cancelled, LayerError, show
+from ocilayer.logs import get_logger
 from ocilayer.sources.snapshot import SnapshotSource
 from ocilayer.tarformat.encoder import TarHeader
 from ocilayer.windows.backuptar import PAX_FILEATTR, PAX_RAWSD
@@ -42,7 +42,7 @@ from ocilayer.windows.fileinfo import (
 )
 from ocilayer.windows.tarstream import TarInput, TarWriter
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 # A self-relative security descriptor whose owner and group are BUILTIN\Users
 # (S-1-5-32-545) and that has no DACL, so every user gets full access. It is the one

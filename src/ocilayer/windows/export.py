@@ -10,7 +10,6 @@ stops without the end-of-archive blocks.
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import BinaryIO
 from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.errors import Cancelled, LayerError
+from ocilayer.logs import get_logger
 from ocilayer.tarformat.encoder import TarHeader
 from ocilayer.windows.backuptar import (
     basic_info_header,
@@ -32,7 +32,7 @@ from ocilayer.windows.layeritem import LayerItem
 from ocilayer.windows.tarstream import TarWriter
 from ocilayer.windows.transport import TransportReader, is_transport_folder
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 PathArg = str | os.PathLike[str]
 WHITEOUT_PREFIX = ".wh."

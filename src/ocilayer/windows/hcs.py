@@ -15,7 +15,6 @@ a test double.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -28,13 +27,14 @@ from typing import BinaryIO, Protocol
 from ocilayer.compression import Compression
 from ocilayer.digest import Descriptor
 from ocilayer.errors import LayerError
+from ocilayer.logs import get_logger
 from ocilayer.windows.baselayer import BaseLayerReader
 from ocilayer.windows.export import write_items
 from ocilayer.windows.hostfiles import HostFiles
 from ocilayer.windows.layeritem import LayerItem
 from ocilayer.windows.transport import TransportReader
 
-log = logging.getLogger("ocilayer")
+log = get_logger("ocilayer")
 
 # hcsshim serialises PrepareLayer across the process; so does this module.
 _PREPARE_LOCK = threading.Lock()
