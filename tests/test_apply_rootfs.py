@@ -1180,14 +1180,42 @@ def test_eight_gib_file_applies_as_a_hole(tmp_path: Path) -> None:
         b"head" + bytes(3 << 20) + b"tail",
         b"head" + bytes(3 << 20),
         bytes(5000),
+        bytes(1 << 20),
+        bytes((1 << 20) + 5000),
+        bytes(5000) + b"x",
+        bytes((1 << 20) + 5000) + b"x",
     ],
-    ids=["hole-inside", "hole-at-end", "small-zeros"],
+    ids=[
+        "hole-inside",
+        "hole-at-end",
+        "small-zeros",
+        "one-chunk-of-zeros",
+        "zeros-past-a-chunk",
+        "zeros-then-a-byte",
+        "zero-chunk-then-zeros-and-a-byte",
+    ],
 )
-def test_zero_runs_keep_the_content(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize("readinto", [True, False], ids=["readinto", "read-only-stream"])
+def test_zero_runs_keep_the_content(tmp_path: Path, content: bytes, readinto: bool) -> None:
+    """Chunks of zeros become holes; the bytes read back are the entry's, whole or short."""
     root = tmp_path / "root"
-    result = apply(tar(file("f", content)), root)
+    data = tar(file("f", content), file("g", "after"))
+    stream = io.BytesIO(data) if readinto else _ReadOnly(data)
+    result = import_layer_from_tar(stream, root)  # type: ignore[arg-type]
     assert (root / "f").read_bytes() == content
-    assert result.size == len(content)
+    assert (root / "g").read_bytes() == b"after"
+    assert result.size == len(content) + 5
+    assert result.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class _ReadOnly:
+    """A stream with read() only, as some decompressors and wrappers are."""
+
+    def __init__(self, data: bytes) -> None:
+        self._stream = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
 
 
 def test_truncated_stream_keeps_the_old_file(tmp_path: Path) -> None:

@@ -31,6 +31,27 @@ def test_writer_and_reader_hash_and_count() -> None:
     assert (reader.size, reader.digest) == (len(data), expected(data))
 
 
+class _ReadOnly:
+    def __init__(self, data: bytes) -> None:
+        self._stream = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size)
+
+
+@pytest.mark.parametrize("source", [io.BytesIO, _ReadOnly], ids=["readinto", "read-only"])
+def test_reader_readinto_hashes_what_it_fills(source: type) -> None:
+    data = bytes(range(256)) * 900
+    reader = HashingReader(source(data))
+    buffer = bytearray(70_000)
+    assert reader.read(10) == data[:10]
+    got = [data[:10]]
+    while count := reader.readinto(memoryview(buffer)):
+        got.append(bytes(buffer[:count]))
+    assert b"".join(got) == data
+    assert (reader.size, reader.digest) == (len(data), expected(data))
+
+
 def test_counting_only_streams_have_no_digest() -> None:
     data = bytes(range(256)) * 300
     target = io.BytesIO()

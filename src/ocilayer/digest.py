@@ -76,6 +76,21 @@ class HashingReader:
         self.size += len(data)
         return data
 
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Read into `buffer` without a copy when the source has readinto."""
+        readinto = getattr(self._source, "readinto", None)
+        if readinto is None:
+            data = self._source.read(len(buffer))
+            count = len(data)
+            buffer[:count] = data
+        else:
+            count = readinto(buffer)
+        if self.hasher is not None:
+            with memoryview(buffer) as view:
+                self.hasher.update(view[:count])
+        self.size += count
+        return count
+
     def readable(self) -> bool:
         return True
 

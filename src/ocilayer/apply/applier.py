@@ -64,6 +64,32 @@ _COPY_CHUNK = 1 << 20
 _ZEROS = bytes(_COPY_CHUNK)
 # Zero runs of at least a filesystem block are written as holes.
 _HOLE_SIZE = 4096
+
+
+def _fill(readinto: Callable[[memoryview], int], view: memoryview) -> int:
+    """Fill `view` from `readinto` unless the data ends first; return the bytes read.
+
+    Whole chunks keep the holes where they were when chunks came from read(): at the
+    same offsets from the start of the file, however the stream splits its reads.
+    """
+    count = readinto(view)
+    while count and count < len(view):
+        more = readinto(view[count:])
+        if not more:
+            break
+        count += more
+    return count
+
+
+def _all_zero(buffer: bytearray, view: memoryview, count: int) -> bool:
+    """Return whether the first `count` bytes of `buffer` (which `view` covers) are zero."""
+    if count == len(buffer):
+        return buffer == _ZEROS  # memcmp, which stops at the first difference
+    # A memoryview compares byte by byte in Python's slow path: test the first byte,
+    # and copy only a chunk that may be all zero.
+    return view[0] == 0 and view[:count].tobytes() == _ZEROS[:count]
+
+
 _MAX_DEVICE_NUMBER = (1 << 32) - 1
 _DEVICE_TYPES = {
     FileType.CHAR: stat.S_IFCHR,
@@ -127,6 +153,8 @@ class Applier:
         # before the file is created and cleared once it is renamed into place.
         self._pending_temp: tuple[int, bytes] | None = None
         self.bytes_written = 0
+        # The buffer that file data is read into, made for the first file copied.
+        self._copy_buffer: bytearray | None = None
         self._check_cancelled = check_cancelled
 
     def close(self) -> None:
@@ -354,19 +382,22 @@ class Applier:
         fd = self._created_by(os.open, dir_fd, name, name, flags, 0o600, dir_fd=dir_fd)
         try:
             ends_in_hole = False
-            with entry.open() as content:
-                while chunk := content.read(_COPY_CHUNK):
+            buffer = self._copy_buffer
+            if buffer is None:
+                buffer = self._copy_buffer = bytearray(_COPY_CHUNK)
+            with entry.open() as content, memoryview(buffer) as view:
+                # entry.open() gives the reader's raw stream, which has readinto.
+                readinto = content.readinto  # type: ignore[attr-defined]
+                while count := _fill(readinto, view):
                     self._check_cancelled()
-                    self.bytes_written += len(chunk)
-                    ends_in_hole = len(chunk) >= _HOLE_SIZE and chunk == _ZEROS[: len(chunk)]
+                    self.bytes_written += count
+                    ends_in_hole = count >= _HOLE_SIZE and _all_zero(buffer, view, count)
                     if ends_in_hole:
-                        os.lseek(fd, len(chunk), os.SEEK_CUR)
+                        os.lseek(fd, count, os.SEEK_CUR)
                         continue
-                    written = os.write(fd, chunk)
-                    if written < len(chunk):
-                        view = memoryview(chunk)[written:]
-                        while view:
-                            view = view[os.write(fd, view) :]
+                    written = os.write(fd, view[:count])
+                    while written < count:
+                        written += os.write(fd, view[written:count])
             if ends_in_hole:
                 # Seeking past the end does not grow a file. (A truncate in every case
                 # would cost ext4 a journal transaction per file.)

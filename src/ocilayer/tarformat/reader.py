@@ -165,11 +165,11 @@ class _Pushback:
     allocates nothing once the buffer has its size.
     """
 
-    __slots__ = ("buffer", "end", "readinto", "start", "stream", "view")
+    __slots__ = ("buffer", "end", "start", "stream", "stream_readinto", "view")
 
     def __init__(self, stream: Readable) -> None:
         self.stream = stream
-        self.readinto = getattr(stream, "readinto", None)
+        self.stream_readinto = getattr(stream, "readinto", None)
         self.buffer = bytearray()
         self.view = memoryview(self.buffer)
         self.start = self.end = 0
@@ -186,6 +186,16 @@ class _Pushback:
         if len(data) < size:
             return data + self.stream.read(size - len(data))
         return data
+
+    def readinto(self, target: memoryview) -> int:
+        """Read into `target`: the bytes read ahead first, then straight from the stream."""
+        start, end = self.start, self.end
+        if start == end:
+            return self._read_into(target)
+        count = min(len(target), end - start)
+        target[:count] = self.view[start : start + count]
+        self.start = start + count
+        return count
 
     def fill(self, size: int) -> tuple[memoryview, int]:
         """Make at least `size` bytes available unless the stream ends; return (view, start).
@@ -214,8 +224,8 @@ class _Pushback:
         return self.view[:end], start
 
     def _read_into(self, target: memoryview) -> int:
-        if self.readinto is not None:
-            return int(self.readinto(target))
+        if self.stream_readinto is not None:
+            return int(self.stream_readinto(target))
         data = self.stream.read(len(target))
         target[: len(data)] = data
         return len(data)
@@ -518,22 +528,30 @@ class _EntryContent(io.RawIOBase):
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        """Read into `buffer` straight from the stream, with no copy in between."""
         if not self._valid:
             raise ValueError(f"the content of tar entry {show(self._name)} is no longer available")
         view = memoryview(buffer).cast("B")
         count = min(len(view), self._remaining)
         if count == 0:
             return 0
-        data = self._reader._stream.read(count)
-        if not data:
+        reader = self._reader
+        stream = reader._stream
+        readinto = getattr(stream, "readinto", None)
+        if readinto is None:
+            data = stream.read(count)
+            got = len(data)
+            view[:got] = data
+        else:
+            got = readinto(view[:count])
+        if not got:
             raise TarFormatError(
-                f"tar stream is truncated at offset {self._reader.offset}: entry "
+                f"tar stream is truncated at offset {reader.offset}: entry "
                 f"{show(self._name)} is missing {self._remaining} bytes of data"
             )
-        view[: len(data)] = data
-        self._remaining -= len(data)
-        self._reader.offset += len(data)
-        return len(data)
+        self._remaining -= got
+        reader.offset += got
+        return got
 
 
 def _padded(size: int) -> int:
