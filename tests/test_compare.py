@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +20,7 @@ from types import ModuleType
 import pytest
 
 from layer_helpers import copy_tree, write
-from ocilayer import ChangeKind, export_changes, export_layer_to_tar
+from ocilayer import ChangeKind, LayerError, export_changes, export_layer_to_tar
 from ocilayer.native import PURE_PYTHON, load_extension
 from ocilayer.sources import snapshot, union
 from ocilayer.sources.snapshot import LOOK_AHEAD, _files_equal
@@ -141,6 +144,70 @@ def test_comparer_limits(files: dict[str, bytes]) -> None:
         comparer.take()
 
 
+def test_comparer_rejects_sizes_out_of_range(files: dict[str, bytes]) -> None:
+    comparer = comparer_module().Comparer()
+    with pytest.raises(ValueError, match="negative"):
+        comparer.submit(files["a"], files["b"], -1)
+    with pytest.raises(OverflowError):
+        comparer.submit(files["a"], files["b"], 1 << 64)
+    comparer.close()
+
+
+@pytest.fixture
+def huge_pair(tmp_path: Path) -> tuple[bytes, bytes, int]:
+    """Two equal sparse files of 64 GiB: comparing them reads for many seconds."""
+    size = 64 << 30
+    paths = []
+    for name in ("first", "second"):
+        path = tmp_path / name
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+        paths.append(os.fsencode(path))
+    return paths[0], paths[1], size
+
+
+def test_ctrl_c_ends_the_wait_and_close_stops_the_comparison(
+    huge_pair: tuple[bytes, bytes, int],
+) -> None:
+    """take() handles signals while it waits, and close() stops between two chunks."""
+    comparer = comparer_module().Comparer()
+    comparer.submit(*huge_pair)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            comparer.take()
+        interrupted = time.monotonic() - started
+        comparer.close()
+        closed = time.monotonic() - started
+    finally:
+        timer.cancel()
+    # Reading 128 GiB of holes takes far longer than these bounds on any disk.
+    assert interrupted < 5
+    assert closed < 5
+
+
+def test_comparer_made_before_fork_fails_in_the_child(
+    huge_pair: tuple[bytes, bytes, int],
+) -> None:
+    comparer = comparer_module().Comparer()
+    comparer.submit(*huge_pair)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's status carries the result
+        status = 1
+        try:
+            comparer.take()
+        except RuntimeError as error:
+            status = 0 if "fork()" in str(error) else 2
+        comparer.close()
+        del comparer
+        os._exit(status)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    comparer.close()
+
+
 def test_comparer_thread_ends_on_close_and_on_release(files: dict[str, bytes]) -> None:
     """A Comparer dropped with queued work stops its thread; close() joins it."""
     module = comparer_module()
@@ -242,6 +309,9 @@ def test_diff_compare_error_names_the_file(
     monkeypatch.setattr(snapshot, "walk_tree", walk_then_remove)
     if pure:
         monkeypatch.setenv(PURE_PYTHON, "1")
-    with pytest.raises(FileNotFoundError) as raised:
+    with pytest.raises(LayerError) as raised:
         list(export_changes(upper, [lower]))
-    assert raised.value.filename == os.fsencode(victim)
+    assert str(raised.value) == (
+        f"cannot compare '{victim}' with its version in the parent layers: "
+        "No such file or directory; export from layers that are not in use"
+    )

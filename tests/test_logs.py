@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from layer_helpers import write
-from ocilayer import logs
+from ocilayer import cli, logs
 
 # Runs the command line, then prints which of the heavier modules were loaded.
 PROBE = """
@@ -123,3 +123,17 @@ def test_configure_filters_and_installs_one_handler(capsys: pytest.CaptureFixtur
     assert lines[-1] == "ValueError: boom"
     handlers = [h for h in logging.getLogger("ocilayer").handlers if h is logs._handler]
     assert len(handlers) == 1
+
+
+def test_library_logging_after_the_command_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command run in-process leaves no level, threshold or handler behind."""
+    tree = tmp_path / "tree"
+    write(tree / "etc" / "hosts", b"127.0.0.1 localhost\n")
+    assert cli.main(["export", str(tree), "-o", str(tmp_path / "layer.tar")]) == 0
+    with caplog.at_level(logging.DEBUG, logger="ocilayer"):
+        logs.get_logger("ocilayer.apply").debug("after the command")
+    assert [r.getMessage() for r in caplog.records] == ["after the command"]
+    assert logs._handler is None
+    assert logging.getLogger("ocilayer").handlers == []

@@ -15,7 +15,9 @@
  *
  * Results come back in the order of submit(). At most `capacity` comparisons are
  * queued at once; submit() raises RuntimeError beyond that, so the caller bounds its
- * own look-ahead.
+ * own look-ahead. take() wakes up every WAIT_MS to let Python handle signals, so
+ * Ctrl-C is not held up by a large file, and close() stops a comparison between two
+ * chunks. After fork() the child has no thread: its Comparers raise RuntimeError.
  *
  * A comparison opens both files without following a symlink and without blocking, so
  * a FIFO swapped in since the walk reads short instead of blocking the open. It reads
@@ -28,12 +30,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #define CHUNK (1 << 18)
+/* How long take() waits before it checks for signals. */
+#define WAIT_MS 50
+
+/* Counts the forks this process came from; a Comparer made before one is dead. */
+static unsigned long fork_generation;
+
+static void
+after_fork_in_child(void)
+{
+    fork_generation++;
+}
 
 enum { JOB_QUEUED, JOB_DONE };
 
@@ -53,7 +67,9 @@ typedef struct {
     pthread_cond_t changed;
     int initialised;
     int started;
+    /* Read by the thread between chunks without the mutex, so it is atomic. */
     int closing;
+    unsigned long generation;
     /* Set while take() waits with the GIL released. */
     int taking;
     /* Set while a thread waits on `changed`, so that no signal is sent in vain. */
@@ -94,6 +110,11 @@ compare_fds(Comparer *self, int first, int second, unsigned long long size, int 
 {
     unsigned long long compared = 0;
     for (;;) {
+        if (__atomic_load_n(&self->closing, __ATOMIC_RELAXED)) {
+            errno = ECANCELED;
+            *failed = 0;
+            return -1;
+        }
         /* One byte past `size` shows a file that grew. */
         unsigned long long left = size + 1 - compared;
         size_t want = left < CHUNK ? (size_t)left : CHUNK;
@@ -187,7 +208,7 @@ stop_thread(Comparer *self)
     if (!self->started)
         return;
     pthread_mutex_lock(&self->mutex);
-    self->closing = 1;
+    __atomic_store_n(&self->closing, 1, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&self->changed);
     pthread_mutex_unlock(&self->mutex);
     pthread_join(self->thread, NULL);
@@ -217,6 +238,7 @@ Comparer_init(Comparer *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->capacity = (size_t)capacity;
+    self->generation = fork_generation;
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->changed, NULL);
     self->initialised = 1;
@@ -230,6 +252,11 @@ check_open(Comparer *self)
         PyErr_SetString(PyExc_ValueError, "the Comparer is closed");
         return -1;
     }
+    if (self->generation != fork_generation) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a Comparer made before fork() cannot be used in the child");
+        return -1;
+    }
     return 0;
 }
 
@@ -237,9 +264,14 @@ static PyObject *
 Comparer_submit(Comparer *self, PyObject *args)
 {
     const char *first, *second;
-    unsigned long long size;
-    if (!PyArg_ParseTuple(args, "yyK", &first, &second, &size))
+    long long signed_size;
+    if (!PyArg_ParseTuple(args, "yyL", &first, &second, &signed_size))
         return NULL;
+    if (signed_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        return NULL;
+    }
+    unsigned long long size = (unsigned long long)signed_size;
     if (check_open(self) < 0)
         return NULL;
     if (self->tail - self->head == self->capacity) {
@@ -300,20 +332,49 @@ Comparer_take(Comparer *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     Job job;
-    self->taking = 1;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mutex);
     Job *slot = &self->jobs[self->head % self->capacity];
-    while (slot->state != JOB_DONE) {
-        self->taker_waits = 1;
-        pthread_cond_wait(&self->changed, &self->mutex);
-        self->taker_waits = 0;
+    self->taking = 1;
+    for (;;) {
+        int done, closed;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += WAIT_MS * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&self->mutex);
+        while (slot->state != JOB_DONE && !self->closing) {
+            self->taker_waits = 1;
+            int waited = pthread_cond_timedwait(&self->changed, &self->mutex, &deadline);
+            self->taker_waits = 0;
+            if (waited == ETIMEDOUT)
+                break;
+        }
+        done = slot->state == JOB_DONE;
+        closed = self->closing;
+        if (done) {
+            job = *slot;
+            slot->paths = NULL;
+            self->head++;
+        }
+        pthread_mutex_unlock(&self->mutex);
+        Py_END_ALLOW_THREADS
+        if (done)
+            break;
+        if (closed) {
+            self->taking = 0;
+            PyErr_SetString(PyExc_ValueError, "the Comparer was closed while waiting");
+            return NULL;
+        }
+        /* A signal handler that raises (Ctrl-C) ends the wait; the job stays queued
+           until close() drops it. */
+        if (PyErr_CheckSignals() < 0) {
+            self->taking = 0;
+            return NULL;
+        }
     }
-    job = *slot;
-    slot->paths = NULL;
-    self->head++;
-    pthread_mutex_unlock(&self->mutex);
-    Py_END_ALLOW_THREADS
     self->taking = 0;
     PyObject *result = NULL;
     if (job.result >= 0) {
@@ -341,10 +402,19 @@ Comparer_close(Comparer *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "another thread is taking a result");
         return NULL;
     }
+    if (self->generation != fork_generation) {
+        /* A child of fork(): no thread to stop, and the mutex may be held for good. */
+        self->closing = 1;
+        Py_RETURN_NONE;
+    }
+    /* Closed before the GIL is released, so that no take() starts a wait after it. */
+    pthread_mutex_lock(&self->mutex);
+    __atomic_store_n(&self->closing, 1, __ATOMIC_RELAXED);
+    pthread_cond_broadcast(&self->changed);
+    pthread_mutex_unlock(&self->mutex);
     Py_BEGIN_ALLOW_THREADS
     stop_thread(self);
     Py_END_ALLOW_THREADS
-    self->closing = 1;
     free_jobs(self);
     Py_RETURN_NONE;
 }
@@ -352,7 +422,11 @@ Comparer_close(Comparer *self, PyObject *Py_UNUSED(ignored))
 static void
 Comparer_dealloc(Comparer *self)
 {
-    if (self->initialised) {
+    if (self->initialised && self->generation != fork_generation) {
+        /* In a child of fork() there is no thread to join; only the memory goes. */
+        free_jobs(self);
+    }
+    else if (self->initialised) {
         Py_BEGIN_ALLOW_THREADS
         stop_thread(self);
         Py_END_ALLOW_THREADS
@@ -404,6 +478,10 @@ PyInit__compare(void)
 {
     if (PyType_Ready(&ComparerType) < 0)
         return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *module = PyModule_Create(&compare_module);
     if (module == NULL)
         return NULL;

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import BinaryIO, cast
 
 from ocilayer.errors import OcilayerError
+from ocilayer.streams import IntoReader
 
 # The codec modules are imported when first used: together they cost about 50 ms of
 # start-up, which a plain tar export never needs.
@@ -303,7 +304,7 @@ class _Prefixed(io.RawIOBase):
     def __init__(self, head: bytes, raw: BinaryIO) -> None:
         self._head = head
         self._raw = raw
-        self._readinto = getattr(raw, "readinto", None)
+        self._into = IntoReader(raw)
 
     def readable(self) -> bool:
         return True
@@ -315,11 +316,7 @@ class _Prefixed(io.RawIOBase):
             view[:count] = self._head[:count]
             self._head = self._head[count:]
             return count
-        if self._readinto is not None:
-            return cast(int, self._readinto(view))
-        data = self._raw.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        return self._into(view)
 
 
 class _ZstdFrames(io.RawIOBase):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
+from ocilayer.streams import IntoReader
+
 if TYPE_CHECKING:
     import hashlib
 
@@ -66,6 +68,7 @@ class HashingReader:
 
     def __init__(self, source: BinaryIO, *, hashing: bool = True) -> None:
         self._source = source
+        self._into = IntoReader(source)
         self.hasher = _sha256() if hashing else None
         self.size = 0
 
@@ -77,16 +80,10 @@ class HashingReader:
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        """Read into `buffer` without a copy when the source has readinto."""
-        readinto = getattr(self._source, "readinto", None)
-        if readinto is None:
-            data = self._source.read(len(buffer))
-            count = len(data)
-            buffer[:count] = data
-        else:
-            count = readinto(buffer)
-        if self.hasher is not None:
-            with memoryview(buffer) as view:
+        """Read into `buffer`, without a copy when the source's readinto works."""
+        with memoryview(buffer) as view:
+            count = self._into(view)
+            if self.hasher is not None:
                 self.hasher.update(view[:count])
         self.size += count
         return count

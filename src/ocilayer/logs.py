@@ -5,7 +5,7 @@ modules it loads: about 7 ms of a start-up of about 35 ms on the benchmark machi
 The loggers here carry the standard names ("ocilayer", "ocilayer.apply"), and a
 message goes to `logging.getLogger(name)` as usual. The one difference: after
 `configure`, which the command line calls, a message below the configured level is
-dropped without importing `logging`.
+dropped without importing `logging`, until `unconfigure`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,22 @@ def configure(level: int, stderr_format: str) -> None:
     global _threshold, _stderr_format
     _threshold = level
     _stderr_format = stderr_format
+
+
+def unconfigure() -> None:
+    """Undo `configure` when the command returns: remove its handler and level.
+
+    A process that goes on after the command, such as a test run or a program that
+    calls the command line in-process, then logs as if it had never been called.
+    """
+    global _threshold, _stderr_format, _handler
+    if _handler is not None:
+        import logging
+
+        package = logging.getLogger("ocilayer")
+        package.removeHandler(_handler)
+        package.setLevel(logging.NOTSET)
+    _threshold = _stderr_format = _handler = None
 
 
 def _standard_logger(name: str) -> Any:

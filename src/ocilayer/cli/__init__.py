@@ -119,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.debug)
+    try:
+        return _run(parser, args)
+    finally:
+        logs.unconfigure()
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     runner: Runner = args.run
     try:
         return runner(args)

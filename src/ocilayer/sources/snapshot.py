@@ -182,10 +182,22 @@ def diff_walks(
         yield from _diff_ahead(_merge_walks(lower, upper), comparer)
         return
     for kind, node, low in _merge_walks(lower, upper):
-        verdict = None if low is None else same_file(low, node)
+        try:
+            verdict = None if low is None else same_file(low, node)
+        except OSError as error:
+            raise _comparison_failed(error, node) from error
         change = _change(kind, node, verdict)
         if change is not None:
             yield change
+
+
+def _comparison_failed(error: OSError, node: Node) -> LayerError:
+    """Return the error for a path whose two versions could not be compared."""
+    name = error.filename if isinstance(error.filename, bytes) else node.full
+    return LayerError(
+        f"cannot compare {show(node.full)} with its version in the parent layers: "
+        f"{reason(error, name)}; export from layers that are not in use"
+    )
 
 
 def _change(kind: ChangeKind | None, node: Node, verdict: object) -> Change | None:
@@ -219,7 +231,10 @@ def _diff_ahead(
         for kind, node, low in merged:
             if kind is None:
                 assert low is not None
-                verdict: object = metadata_verdict(low, node)
+                try:
+                    verdict: object = metadata_verdict(low, node)
+                except OSError as error:
+                    raise _comparison_failed(error, node) from error
                 if verdict is None:
                     comparer.submit(low.full, node.full, low.st.st_size)
                     verdict = _PENDING
@@ -231,19 +246,26 @@ def _diff_ahead(
                 if verdict is _PENDING:
                     if len(waiting) < LOOK_AHEAD and not comparer.ready():
                         break
-                    verdict = comparer.take()
+                    verdict = _take(comparer, node)
                 waiting.popleft()
                 change = _change(kind, node, verdict)
                 if change is not None:
                     yield change
         for kind, node, verdict in waiting:
             if verdict is _PENDING:
-                verdict = comparer.take()
+                verdict = _take(comparer, node)
             change = _change(kind, node, verdict)
             if change is not None:
                 yield change
     finally:
         comparer.close()
+
+
+def _take(comparer: Any, node: Node) -> bool:
+    try:
+        return bool(comparer.take())
+    except OSError as error:
+        raise _comparison_failed(error, node) from error
 
 
 # Regular files up to this size are read when their entry is made, through the same

@@ -42,6 +42,7 @@ from typing import BinaryIO, Protocol
 
 from ocilayer.entry import ChangeKind, Entry, FileType, new_entry
 from ocilayer.errors import TarFormatError, UnsafePathError, show
+from ocilayer.streams import IntoReader
 from ocilayer.tarformat.encoder import byte_sum
 
 BLOCK_SIZE = 512
@@ -165,11 +166,11 @@ class _Pushback:
     allocates nothing once the buffer has its size.
     """
 
-    __slots__ = ("buffer", "end", "start", "stream", "stream_readinto", "view")
+    __slots__ = ("buffer", "end", "into", "start", "stream", "view")
 
     def __init__(self, stream: Readable) -> None:
         self.stream = stream
-        self.stream_readinto = getattr(stream, "readinto", None)
+        self.into = IntoReader(stream)
         self.buffer = bytearray()
         self.view = memoryview(self.buffer)
         self.start = self.end = 0
@@ -191,7 +192,7 @@ class _Pushback:
         """Read into `target`: the bytes read ahead first, then straight from the stream."""
         start, end = self.start, self.end
         if start == end:
-            return self._read_into(target)
+            return self.into(target)
         count = min(len(target), end - start)
         target[:count] = self.view[start : start + count]
         self.start = start + count
@@ -216,19 +217,12 @@ class _Pushback:
                 self.view[:available] = self.view[start:end]
             start, end = 0, available
             while end < wanted:
-                got = self._read_into(self.view[end:wanted])
+                got = self.into(self.view[end:wanted])
                 if not got:
                     break
                 end += got
             self.start, self.end = start, end
         return self.view[:end], start
-
-    def _read_into(self, target: memoryview) -> int:
-        if self.stream_readinto is not None:
-            return int(self.stream_readinto(target))
-        data = self.stream.read(len(target))
-        target[: len(data)] = data
-        return len(data)
 
 
 class TarReader:
@@ -243,6 +237,8 @@ class TarReader:
 
     def __init__(self, stream: Readable) -> None:
         self._stream = stream
+        # readinto for the stream before any read-ahead, when it is not a _Pushback.
+        self._into = IntoReader(stream)
         self.offset = 0
         self.entry_name = b""
         self.entry_offset = 0
@@ -537,13 +533,10 @@ class _EntryContent(io.RawIOBase):
             return 0
         reader = self._reader
         stream = reader._stream
-        readinto = getattr(stream, "readinto", None)
-        if readinto is None:
-            data = stream.read(count)
-            got = len(data)
-            view[:got] = data
+        if isinstance(stream, _Pushback):
+            got = stream.readinto(view[:count])
         else:
-            got = readinto(view[:count])
+            got = reader._into(view[:count])
         if not got:
             raise TarFormatError(
                 f"tar stream is truncated at offset {reader.offset}: entry "
