@@ -280,6 +280,9 @@ def diff_group(ws: Workspace, base: Path, next_tree: Path) -> Group:
         Command("ocilayer export --parent --json",
                 f"{ws.ocilayer} export {upper} --parent {lower} -o {diff_tar} --json > /dev/null",
                 diff_tar),
+        Command("ocilayer export --parent, pure Python",
+                f"{PURE_PYTHON} {ws.ocilayer} export {upper} --parent {lower} -o {diff_tar}",
+                diff_tar),
     ]  # fmt: skip
     comparisons = []
     layout, bundle = prepare_umoci(ws, base, next_tree)
@@ -294,6 +297,9 @@ def diff_group(ws: Workspace, base: Path, next_tree: Path) -> Group:
         )
         comparisons.append(Comparison("ocilayer export --parent", "containerd WriteDiff", 1.0))
         comparisons.append(Comparison("ocilayer export --parent --json", "containerd WriteDiff"))
+        comparisons.append(
+            Comparison("ocilayer export --parent, pure Python", "containerd WriteDiff")
+        )
     return Group("diff-rootfs", "rootfs diff layer (rootfs/next against rootfs/base)",
                  commands, comparisons)  # fmt: skip
 
