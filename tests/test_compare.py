@@ -315,3 +315,22 @@ def test_diff_compare_error_names_the_file(
         f"cannot compare '{victim}' with its version in the parent layers: "
         "No such file or directory; export from layers that are not in use"
     )
+
+
+def test_same_file_names_a_path_it_cannot_read(tmp_path: Path) -> None:
+    """The overlay source compares through same_file: a vanished file is a LayerError."""
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    for root in (lower, upper):
+        os.utime(write(root / "d0" / "f00000", b"same"), ns=(T, T))
+    path = b"d0/f00000"
+    nodes = []
+    for root in (lower, upper):
+        full = os.path.join(os.fsencode(root), path)
+        nodes.append(Node(path, os.lstat(full), full))
+    os.unlink(nodes[1].full)
+    with pytest.raises(LayerError) as raised:
+        snapshot.same_file(nodes[0], nodes[1])
+    assert str(raised.value) == (
+        f"cannot compare '{upper}/d0/f00000' with its version in the parent layers: "
+        "No such file or directory; export from layers that are not in use"
+    )

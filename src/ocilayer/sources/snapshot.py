@@ -110,10 +110,16 @@ def metadata_verdict(lower: Node, upper: Node) -> bool | None:
 
 
 def same_file(lower: Node, upper: Node) -> bool:
-    """Decide whether a path present in both trees is unchanged, reading file bytes if needed."""
-    verdict = metadata_verdict(lower, upper)
-    if verdict is None:
-        return _files_equal(lower.full, upper.full, lower.st.st_size)
+    """Decide whether a path present in both trees is unchanged, reading file bytes if needed.
+
+    Raises LayerError, naming `upper`, when either version cannot be read.
+    """
+    try:
+        verdict = metadata_verdict(lower, upper)
+        if verdict is None:
+            return _files_equal(lower.full, upper.full, lower.st.st_size)
+    except OSError as error:
+        raise _comparison_failed(error, upper) from error
     return verdict
 
 
@@ -182,10 +188,7 @@ def diff_walks(
         yield from _diff_ahead(_merge_walks(lower, upper), comparer)
         return
     for kind, node, low in _merge_walks(lower, upper):
-        try:
-            verdict = None if low is None else same_file(low, node)
-        except OSError as error:
-            raise _comparison_failed(error, node) from error
+        verdict = None if low is None else same_file(low, node)
         change = _change(kind, node, verdict)
         if change is not None:
             yield change
