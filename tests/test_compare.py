@@ -166,7 +166,7 @@ def huge_pair(tmp_path: Path) -> tuple[bytes, bytes, int]:
     return paths[0], paths[1], size
 
 
-def test_ctrl_c_ends_the_wait_and_close_stops_the_comparison(
+def test_take_interrupted_by_ctrl_c(
     huge_pair: tuple[bytes, bytes, int],
 ) -> None:
     """take() handles signals while it waits, and close() stops between two chunks."""

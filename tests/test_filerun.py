@@ -473,7 +473,7 @@ def test_create_files_takes_any_buffer(tmp_path: Path, kind: type) -> None:
     assert (target / "a").read_bytes() == b"abc"
 
 
-def test_create_files_with_a_buffer_changed_during_the_call(tmp_path: Path) -> None:
+def test_create_files_buffer_changed_midway(tmp_path: Path) -> None:
     """A buffer changed during the call never makes C use a name it did not check.
 
     Another thread keeps turning the names of the headers into `../escape` (with a

@@ -2,8 +2,8 @@
  * ocilayer._compare: the content comparisons of a diff export, on a thread of their own.
  *
  * A diff reads both versions of every file whose size and whole-second mtime match,
- * which is most of the time of a diff of two similar trees. A Comparer does those reads
- * on a POSIX thread that never takes the GIL, while the Python walk goes on.
+ * about a third of the time of a diff of two similar trees. A Comparer does those
+ * reads on a POSIX thread that never takes the GIL, while the Python walk goes on.
  *
  *   submit(first, second, size)  queue the comparison of two files that lstat showed
  *                                as regular files `size` bytes long;

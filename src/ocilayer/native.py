@@ -1,8 +1,8 @@
 """The optional C extensions, loaded when they were built and are not turned off.
 
 `setup.py` builds them when a compiler is there at install time. Setting
-OCILAYER_PURE_PYTHON to a non-empty value turns all of them off, so every job takes
-its Python path; the tests run both paths on the same inputs.
+OCILAYER_PURE_PYTHON to a non-empty value turns all of them off, so that every job
+takes its Python path. The tests run both paths on the same inputs.
 """
 
 from __future__ import annotations

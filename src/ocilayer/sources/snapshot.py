@@ -214,8 +214,8 @@ def _change(kind: ChangeKind | None, node: Node, verdict: object) -> Change | No
     return None
 
 
-# The most changes the diff holds back while the oldest waits for its comparison.
-# The Comparer's capacity must be at least this.
+# The maximum number of changes the diff holds back while the oldest waits for its
+# comparison. The Comparer's capacity must be at least this.
 LOOK_AHEAD = 512
 _PENDING = object()
 

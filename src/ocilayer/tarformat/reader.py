@@ -208,16 +208,16 @@ class _Pushback:
         available = end - start
         if available < size:
             # Twice the size, so that the bytes left over move once per `size` read.
-            wanted = 2 * size
-            if len(self.buffer) < wanted:
-                grown = bytearray(wanted)
+            target = 2 * size
+            if len(self.buffer) < target:
+                grown = bytearray(target)
                 grown[:available] = self.view[start:end]
                 self.buffer, self.view = grown, memoryview(grown)
             elif available:
                 self.view[:available] = self.view[start:end]
             start, end = 0, available
-            while end < wanted:
-                got = self.into(self.view[end:wanted])
+            while end < target:
+                got = self.into(self.view[end:target])
                 if not got:
                     break
                 end += got
