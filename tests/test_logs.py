@@ -20,14 +20,17 @@ import pytest
 from layer_helpers import write
 from ocilayer import cli, logs
 
-# Runs the command line, then prints which of the heavier modules were loaded.
+# Runs the command line, then prints which of the modules loaded only on demand were
+# loaded: logging, two that argparse and the tar reader no longer need, and the
+# overlay target's modules.
 PROBE = """
 import sys
 from ocilayer.cli import main
 try:
     status = main(sys.argv[1:])
 finally:
-    loaded = [name for name in ("logging", "shutil", "base64") if name in sys.modules]
+    optional = ("logging", "shutil", "base64", "ocilayer.apply.lower", "ocilayer.apply.overlay")
+    loaded = [name for name in optional if name in sys.modules]
     print("loaded:", ",".join(loaded), file=sys.stderr)
 sys.exit(status)
 """

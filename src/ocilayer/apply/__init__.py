@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Literal, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, NoReturn
 
 from ocilayer.apply.applier import Applier, ApplyOptions
 from ocilayer.apply.errors import NEEDS_PRIVILEGES, ApplyError, DiffIdMismatchError, Hint
 from ocilayer.apply.filerun import FileRuns
-from ocilayer.apply.lower import LowerView
-from ocilayer.apply.overlay import OverlayApplier
 from ocilayer.apply.rootfs import RootfsApplier
 from ocilayer.compression import Compression, open_decompressor
 from ocilayer.digest import HashingReader
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError, show
 from ocilayer.progress import Progress
 from ocilayer.tarformat.reader import TarReader
+
+if TYPE_CHECKING:
+    import threading
 
 __all__ = [
     "AppliedLayer",
@@ -133,7 +133,13 @@ def import_layer_from_tar(
             "to apply the layer into"
         ) from None
     root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    lower = LowerView(parent_layer_paths) if target == "overlay" else None
+    lower = None
+    if target == "overlay":
+        # Loaded here: only an overlay target reads lower layers.
+        from ocilayer.apply.lower import LowerView
+        from ocilayer.apply.overlay import OverlayApplier
+
+        lower = LowerView(parent_layer_paths)
     applier: Applier | None = None
     written = 0
     try:
