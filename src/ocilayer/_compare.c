@@ -5,13 +5,12 @@
  * about a third of the time of a diff of two similar trees. A Comparer does those
  * reads on a POSIX thread that never takes the GIL, while the Python walk goes on.
  *
- *   submit(first, second, size)  queue the comparison of two files that lstat showed
- *                                as regular files `size` bytes long;
- *   ready()                      whether the oldest queued comparison has finished;
- *   take()                       wait for the oldest queued comparison (with the GIL
- *                                released) and return whether the files are equal, or
- *                                raise OSError naming the file that failed;
- *   close()                      drop what is queued and join the thread.
+ * - submit(first, second, size) queues the comparison of two files that lstat showed
+ *   as regular files `size` bytes long.
+ * - ready() returns whether the oldest queued comparison has finished.
+ * - take() waits for the oldest queued comparison, with the GIL released, and
+ *   returns whether the files are equal. It raises OSError naming a file that failed.
+ * - close() drops what is queued and joins the thread.
  *
  * Results come back in the order of submit(). At most `capacity` comparisons are
  * queued at once; submit() raises RuntimeError beyond that, so the caller bounds its
@@ -40,7 +39,8 @@
 /* How long take() waits before it checks for signals. */
 #define WAIT_MS 50
 
-/* Counts the forks this process came from; a Comparer made before one is dead. */
+/* The number of fork() calls that led to this process. A Comparer made in an earlier
+   generation has no thread in this one. */
 static unsigned long fork_generation;
 
 static void
@@ -201,7 +201,7 @@ free_jobs(Comparer *self)
     self->head = self->next = self->tail = 0;
 }
 
-/* Stop and join the thread; the GIL must not be held by the caller's thread. */
+/* Stop and join the thread. The caller must have released the GIL. */
 static void
 stop_thread(Comparer *self)
 {

@@ -81,13 +81,12 @@ def _fill(readinto: Callable[[memoryview], int], view: memoryview) -> int:
     return count
 
 
-def _all_zero(buffer: bytearray, view: memoryview, count: int) -> bool:
-    """Return whether the first `count` bytes of `buffer` (which `view` covers) are zero."""
+def _all_zero(buffer: bytearray, count: int) -> bool:
+    """Return whether the first `count` bytes of `buffer` are zero."""
     if count == len(buffer):
         return buffer == _ZEROS  # memcmp, which stops at the first difference
-    # A memoryview compares byte by byte in Python's slow path: test the first byte,
-    # and copy only a chunk that may be all zero.
-    return view[0] == 0 and view[:count].tobytes() == _ZEROS[:count]
+    # A shorter chunk is compared as a copy, made only when its first byte is zero.
+    return buffer[0] == 0 and buffer[:count] == _ZEROS[:count]
 
 
 _MAX_DEVICE_NUMBER = (1 << 32) - 1
@@ -391,7 +390,7 @@ class Applier:
                 while count := _fill(readinto, view):
                     self._check_cancelled()
                     self.bytes_written += count
-                    ends_in_hole = count >= _HOLE_SIZE and _all_zero(buffer, view, count)
+                    ends_in_hole = count >= _HOLE_SIZE and _all_zero(buffer, count)
                     if ends_in_hole:
                         os.lseek(fd, count, os.SEEK_CUR)
                         continue

@@ -114,13 +114,21 @@ def same_file(lower: Node, upper: Node) -> bool:
 
     Raises LayerError, naming `upper`, when either version cannot be read.
     """
+    verdict = _checked_verdict(lower, upper)
+    if verdict is not None:
+        return verdict
     try:
-        verdict = metadata_verdict(lower, upper)
-        if verdict is None:
-            return _files_equal(lower.full, upper.full, lower.st.st_size)
+        return _files_equal(lower.full, upper.full, lower.st.st_size)
     except OSError as error:
         raise _comparison_failed(error, upper) from error
-    return verdict
+
+
+def _checked_verdict(lower: Node, upper: Node) -> bool | None:
+    """Return `metadata_verdict`, raising LayerError (naming `upper`) when a read fails."""
+    try:
+        return metadata_verdict(lower, upper)
+    except OSError as error:
+        raise _comparison_failed(error, upper) from error
 
 
 def _is_linked(st: os.stat_result) -> bool:
@@ -234,10 +242,7 @@ def _diff_ahead(
         for kind, node, low in merged:
             if kind is None:
                 assert low is not None
-                try:
-                    verdict: object = metadata_verdict(low, node)
-                except OSError as error:
-                    raise _comparison_failed(error, node) from error
+                verdict: object = _checked_verdict(low, node)
                 if verdict is None:
                     comparer.submit(low.full, node.full, low.st.st_size)
                     verdict = _PENDING
@@ -265,6 +270,7 @@ def _diff_ahead(
 
 
 def _take(comparer: Any, node: Node) -> bool:
+    """Return the oldest queued comparison's result, raising LayerError naming `node`."""
     try:
         return bool(comparer.take())
     except OSError as error:

@@ -179,7 +179,7 @@ class _Pushback:
         start, end = self.start, self.end
         if start == end:
             return self.stream.read(size)
-        stop = end if size < 0 or start + size > end else start + size
+        stop = end if size < 0 else min(end, start + size)
         data = self.view[start:stop].tobytes()
         self.start = stop
         if size < 0:
@@ -201,8 +201,8 @@ class _Pushback:
     def fill(self, size: int) -> tuple[memoryview, int]:
         """Make at least `size` bytes available unless the stream ends; return (view, start).
 
-        The view covers the buffer up to its last valid byte; its bytes stay as they are until
-        the next call of any method.
+        The view covers the buffer up to its last valid byte. Its bytes stay as they are
+        until the next call of any method.
         """
         start, end = self.start, self.end
         available = end - start
