@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import tracemalloc
 
@@ -104,6 +105,39 @@ def test_set_children_every_parent_kind() -> None:
         b"deep/er/t": "file", b"deep/er/u": None, b"z": None,
     }  # fmt: skip
     assert {path: tree.get(path) for path in expected} == expected
+
+
+def test_run_of_leaves_adds_no_tracked_object() -> None:
+    """Leaves stored by set_children do not feed Python's cycle collector."""
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    tree[b"dir"] = "directory"
+    names = [b"f%04d" % index for index in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    tree.set_children(b"dir", names[:2500], "file")
+    tree.set_children(b"dir", names[2500:], "file")
+    # One dict for the parent's children may become tracked; nothing per name.
+    assert len(gc.get_objects()) - before <= 2
+    assert tree.get(b"dir/f4999") == "file"
+
+
+def test_bare_leaves_become_nodes_when_walked_into() -> None:
+    tree: PathTree[str] = PathTree(ANCESTOR)
+    tree.set_children(b"", [b"a", b"b"], "file")
+    tree.set_children(b"a", [b"x"], "file")  # `a` is a bare leaf: the general case
+    tree[b"b/c/d"] = "directory"  # a path below a bare leaf
+    tree.set_children(b"b/c", [b"e", b"f"], "file")
+    tree.discard(b"b/c/d")
+    tree.discard(b"b/c/e")  # `b/c` is left with one bare leaf child, `f`
+    tree.discard(b"b/c")
+    expected = {
+        b"a": "file", b"a/x": "file", b"b": "file", b"b/c": ANCESTOR,
+        b"b/c/d": None, b"b/c/e": None, b"b/c/f": "file", b"b/c/f/g": None,
+    }  # fmt: skip
+    assert {path: tree.get(path) for path in expected} == expected
+    tree.discard(b"b")
+    assert tree.get(b"b") == ANCESTOR
+    assert tree.get(b"b/c/f") == "file"
 
 
 @pytest.mark.parametrize("seed", range(20))
