@@ -70,15 +70,23 @@ class MetadataWriter:
 
     def apply_to_fd(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the open regular file `fd`."""
+        self.apply_all_but_times(fd, entry, entry.mode)
+        mtime = entry.mtime_ns
+        atime = mtime if entry.atime_ns is None else entry.atime_ns
+        os.utime(fd, ns=(atime, mtime))
+
+    def apply_all_but_times(self, fd: int, entry: Entry, mode: int) -> None:
+        """Set the owner, xattrs and `mode` of the open file `fd`, but not its times.
+
+        The applier sets a new directory's times after the last entry of the layer,
+        because every child created in it changes its mtime.
+        """
         if not self.rootless:
             _chown(entry, os.fchown, fd)
         if entry.xattrs:
             for key, value in self._xattrs(entry):
                 self._set_xattr(fd, key, value, entry)
-        os.fchmod(fd, entry.mode)
-        mtime = entry.mtime_ns
-        atime = mtime if entry.atime_ns is None else entry.atime_ns
-        os.utime(fd, ns=(atime, mtime))
+        os.fchmod(fd, mode)
 
     def apply_at(
         self,
