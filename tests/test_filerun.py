@@ -67,6 +67,9 @@ USTAR_MAGIC = b"ustar\x0000"
 GNU_MAGIC = b"ustar  \x00"
 
 Target = Literal["rootfs", "overlay"]
+# One group of a C run's result: a directory relative to the run's first one, its
+# mode and mtime when the run created it (mode -1 when not), and the names created in it.
+Group = tuple[bytes, int, int, list[bytes]]
 Prepare = Callable[[Path, Path], None]
 
 _FIELD_SLICES = {name: slice(offset, offset + width) for name, offset, width in HEADER_FIELDS}
@@ -261,14 +264,22 @@ class CreatedInC:
         self.paths: list[bytes] = []
 
         def counting(
-            data: bytes, position: int, dir_fd: int, directory_path: bytes, chown: bool
-        ) -> tuple[int, list[bytes], int]:
-            consumed, names, data_bytes = CREATE_FILES(
-                data, position, dir_fd, directory_path, chown
+            data: bytes,
+            position: int,
+            dir_fd: int,
+            directory_path: bytes,
+            chown: bool,
+            directories: bool,
+        ) -> tuple[int, list[Group], int]:
+            consumed, groups, data_bytes = CREATE_FILES(
+                data, position, dir_fd, directory_path, chown, directories
             )
-            prefix = directory_path + b"/" if directory_path else b""
-            self.paths.extend(prefix + name for name in names)
-            return consumed, names, data_bytes
+            for relative, mode, _, names in groups:
+                path = b"/".join(part for part in (directory_path, relative) if part)
+                if mode >= 0:
+                    self.paths.append(path + b"/")
+                self.paths.extend(b"/".join((path, name)) if path else name for name in names)
+            return consumed, groups, data_bytes
 
         monkeypatch.setattr(filerun_module(), "create_files", counting)
 
@@ -442,19 +453,90 @@ def test_plain_run_created_in_c(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
 
 def test_create_files_stops_at_directory(tmp_path: Path) -> None:
-    """The C code, called directly, stops at a directory and returns the bytes it consumed."""
+    """Without `directories`, the C code stops at a directory and returns what it consumed."""
     run = file("d/a", "a") + file("d/b", "bb") + directory("d/sub/") + file("d/c", "c")
     target = tmp_path / "target"
     (target / "d").mkdir(parents=True)
     dir_fd = os.open(target / "d", os.O_PATH | os.O_DIRECTORY)
     try:
-        result = CREATE_FILES(run, 0, dir_fd, b"d", True)
+        result = CREATE_FILES(run, 0, dir_fd, b"d", True, False)
     finally:
         os.close(dir_fd)
 
-    assert result == (4 * BLOCK, [b"a", b"b"], 3)
+    assert result == (4 * BLOCK, [(b"", -1, 0, [b"a", b"b"])], 3)
     assert sorted(os.listdir(target / "d")) == ["a", "b"]
     assert os.lstat(target / "d/b").st_mtime_ns == MTIME_NS
+
+
+def test_create_files_goes_down_and_back_up(tmp_path: Path) -> None:
+    """With `directories`, a run creates directories, enters them and comes back up."""
+    run = (
+        file("d/a", "a")
+        + directory("d/sub/", 0o750, uid=7, gid=8)
+        + file("d/sub/x", "xx")
+        + directory("d/sub/deeper/")
+        + symlink("d/sub/deeper/link", "../x")
+        + file("d/b", "b")
+        + directory("d/other/", 0o2755)
+        + file("d/other/y", "y")
+        + file("elsewhere/z", "z")
+    )
+    target = tmp_path / "target"
+    (target / "d").mkdir(parents=True)
+    dir_fd = os.open(target / "d", os.O_PATH | os.O_DIRECTORY)
+    try:
+        consumed, groups, data_bytes = CREATE_FILES(run, 0, dir_fd, b"d", True, True)
+    finally:
+        os.close(dir_fd)
+
+    assert consumed == len(run) - len(file("elsewhere/z", "z"))
+    assert groups == [
+        (b"", -1, 0, [b"a"]),
+        (b"sub", 0o750, MTIME, [b"x"]),
+        (b"sub/deeper", 0o755, MTIME, [b"link"]),
+        (b"", -1, 0, [b"b"]),
+        (b"other", 0o2755, MTIME, [b"y"]),
+    ]
+    assert data_bytes == 5
+    sub = os.lstat(target / "d/sub")
+    assert (stat.S_IMODE(sub.st_mode), sub.st_uid, sub.st_gid) == (0o750, 7, 8)
+    assert stat.S_IMODE(os.lstat(target / "d/other").st_mode) == 0o2755
+    assert os.readlink(target / "d/sub/deeper/link") == "../x"
+    assert (target / "d/other/y").read_bytes() == b"y"
+    assert not (target / "elsewhere").exists()
+
+
+def test_create_files_rejects_bad_arguments(tmp_path: Path) -> None:
+    dir_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ValueError, match=r"^position 1025 is outside the buffer of 1024 "):
+            CREATE_FILES(bytes(1024), 1025, dir_fd, b"", True, True)
+        with pytest.raises(ValueError, match=r"^position -1 is outside"):
+            CREATE_FILES(bytes(1024), -1, dir_fd, b"", True, True)
+        with pytest.raises(ValueError, match=r"^directory path of 4096 bytes is too long"):
+            CREATE_FILES(bytes(1024), 0, dir_fd, b"d" * 4096, True, True)
+    finally:
+        os.close(dir_fd)
+    assert os.listdir(tmp_path) == []
+
+
+def test_create_files_depth_limit(tmp_path: Path) -> None:
+    """A run goes down at most MAX_DEPTH levels; the applier takes the next directory."""
+    max_depth = filerun_module().MAX_DEPTH
+    run = b"".join(directory("n/" * level) for level in range(1, max_depth + 3))
+    target = tmp_path / "target"
+    target.mkdir()
+    dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
+    try:
+        consumed, groups, _ = CREATE_FILES(run, 0, dir_fd, b"", True, True)
+    finally:
+        os.close(dir_fd)
+    assert consumed == max_depth * BLOCK
+    assert [relative for relative, *_ in groups] == [
+        b"/".join([b"n"] * level) for level in range(1, max_depth + 1)
+    ]
+    assert (target / ("n/" * max_depth)).is_dir()
+    assert not (target / ("n/" * (max_depth + 1))).exists()
 
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
@@ -465,10 +547,10 @@ def test_create_files_takes_any_buffer(tmp_path: Path, kind: type) -> None:
     data = file("a", "abc") + file("b", "") + directory("c/")
     dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
     try:
-        result = CREATE_FILES(kind(bytearray(b"x" * 7 + data)), 7, dir_fd, b"", True)
+        result = CREATE_FILES(kind(bytearray(b"x" * 7 + data)), 7, dir_fd, b"", True, False)
     finally:
         os.close(dir_fd)
-    assert result == (2 * BLOCK + BLOCK, [b"a", b"b"], 3)
+    assert result == (2 * BLOCK + BLOCK, [(b"", -1, 0, [b"a", b"b"])], 3)
     assert sorted(os.listdir(target)) == ["a", "b"]
     assert (target / "a").read_bytes() == b"abc"
 
@@ -502,11 +584,12 @@ def test_create_files_buffer_changed_midway(tmp_path: Path) -> None:
         flipper.start()
         dir_fd = os.open(target, os.O_PATH | os.O_DIRECTORY)
         try:
-            _, names, _ = CREATE_FILES(memoryview(buffer), 0, dir_fd, b"", True)
+            _, groups, _ = CREATE_FILES(memoryview(buffer), 0, dir_fd, b"", True, True)
         finally:
             os.close(dir_fd)
             stop.set()
             flipper.join()
+        names = [name for _, _, _, group_names in groups for name in group_names]
         assert all(b"/" not in name for name in names)
         assert sorted(os.listdir(target)) == sorted(os.fsdecode(name) for name in names)
         assert os.listdir(target.parent) == ["inner"]
@@ -515,11 +598,13 @@ def test_create_files_buffer_changed_midway(tmp_path: Path) -> None:
 def test_starts_run_checks_next_header() -> None:
     starts_run = filerun_module().starts_run
     data = file("d/a", "a") + directory("d/sub/") + file("e/b", "b")
-    assert starts_run(data, 0, b"d") is True
-    assert starts_run(data, 0, b"e") is False
-    assert starts_run(data, 2 * BLOCK, b"d") is False
-    assert starts_run(data, 3 * BLOCK, b"e") is True
-    assert starts_run(data, len(data) - 100, b"e") is False
+    assert starts_run(data, 0, b"d", False) is True
+    assert starts_run(data, 0, b"e", False) is False
+    assert starts_run(data, 2 * BLOCK, b"d", False) is False
+    assert starts_run(data, 2 * BLOCK, b"d", True) is True
+    assert starts_run(data, 2 * BLOCK, b"", True) is False
+    assert starts_run(data, 3 * BLOCK, b"e", False) is True
+    assert starts_run(data, len(data) - 100, b"e", False) is False
 
 
 def test_directories_keep_descriptors_low(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""Runs of new files and symlinks, created by the optional C extension `ocilayer._filerun`.
+"""Runs of new files, symlinks and directories, created by the C extension `ocilayer._filerun`.
 
-Most entries of a layer are small regular files and symlinks that follow one
-another in one directory. After the applier has applied an entry, `FileRuns.follow`
+Most entries of a layer are small regular files, symlinks and directories that come
+in the order of a tree walk. After the applier has applied an entry, `FileRuns.follow`
 passes the raw tar bytes that come next to `create_files`. That C function creates
-the plain files and symlinks that follow in the same directory (`_filerun.c` says
-what counts as plain) and stops at the first other entry, where the applier goes on.
+the plain entries that follow in the entry's directory and in the new directories
+below it (`_filerun.c` says what counts as plain), and stops at the first other
+entry, where the applier goes on.
 
 What the C code makes of an entry is what the Python applier makes of it: the
 same system calls in the same order, with the same bookkeeping done here afterwards.
@@ -31,8 +32,8 @@ from ocilayer.tarformat.reader import BLOCK_SIZE, TarReader
 
 logger = get_logger("ocilayer.apply")
 
-# A base name in the C code comes from one header field of 100 bytes.
-_MAX_BASE_NAME = 100
+# An entry path in the C code comes from the prefix and name fields of one header.
+_MAX_USTAR_PATH = 256
 
 
 def _load() -> ModuleType | None:
@@ -51,6 +52,9 @@ class FileRuns:
         # the bytes read.
         self._largest_entry = BLOCK_SIZE + module.MAX_DATA
         self._chown = not applier.options.rootless
+        # The C code creates a directory only where the applier's hook for new
+        # directories does nothing (the overlay target marks some of them opaque).
+        self._directories = type(applier).directory_created is Applier.directory_created
         self._stopped = False
 
     @classmethod
@@ -77,7 +81,7 @@ class FileRuns:
         applier = self._applier
         directory = entry.path if entry.type is FileType.DIRECTORY else parent_of(entry.path)
         data, position = tar.read_ahead(self._largest_entry)
-        if not self._starts_run(data, position, directory):
+        if not self._starts_run(data, position, directory, self._directories):
             # Resolve only a directory that the next entry is in, as the applier would,
             # so that the resolver keeps no more descriptors than without C.
             return 0
@@ -89,21 +93,40 @@ class FileRuns:
             return 0
         assert resolved is not None
         dir_fd, real = resolved
-        if len(real) + 1 + _MAX_BASE_NAME >= PATH_MAX:
+        if len(real) + 1 + _MAX_USTAR_PATH >= PATH_MAX:
             return 0  # the applier checks each real path's length; C does not
 
         created = 0
         while True:
             data, position = tar.read_ahead(self._largest_entry)
-            consumed, names, data_bytes = self._create_files(
-                data, position, dir_fd, directory, self._chown
+            consumed, groups, data_bytes = self._create_files(
+                data, position, dir_fd, directory, self._chown, self._directories
             )
-            if not names:
+            if not consumed:
                 return created
             tar.consume(consumed)
-            applier.layer_paths.set_children(real, names, Origin.OTHER)
+            count = self._record(real, groups)
             applier.bytes_written += data_bytes
-            created += len(names)
-            check(len(names))
+            created += count
+            check(count)
             if len(data) - position - consumed >= self._largest_entry:
                 return created  # stopped at an entry it does not take
+
+    def _record(self, real: bytes, groups: list[tuple[bytes, int, int, list[bytes]]]) -> int:
+        """Record what a C run created below the real path `real`; return the entry count.
+
+        Each group is a directory's path relative to `real`, its mode and mtime when
+        the run created it (mode -1 when it did not), and the names created in it.
+        """
+        applier = self._applier
+        count = 0
+        for relative, mode, mtime, names in groups:
+            path = real + b"/" + relative if real and relative else real or relative
+            if mode >= 0:
+                mtime_ns = mtime * 1_000_000_000
+                applier.record_directory(path, mtime_ns, mtime_ns, mode)
+                applier.layer_paths[path] = Origin.DIRECTORY
+                count += 1
+            applier.layer_paths.set_children(path, names, Origin.OTHER)
+            count += len(names)
+        return count
