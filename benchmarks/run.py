@@ -164,9 +164,11 @@ class Workspace:
 
 # Runs ocilayer without its C extensions, for a row that shows what they bring.
 PURE_PYTHON = "OCILAYER_PURE_PYTHON=1"
-# Seconds to wait after deleting many files: on this machine's ext4, creating files
-# within about a minute of deleting many was several times slower.
-INODE_PAUSE = 60
+# Seconds to wait after deleting many files. On an ext4 without a journal, as here,
+# the inode allocator skips free inodes deleted less than 60 s ago, or 360 s ago
+# while their inode table block is dirty (recently_deleted in fs/ext4/ialloc.c), and
+# new files dirty those blocks again. After 60 s, extractions were still 2-4x slower.
+INODE_PAUSE = 370
 # Outputs larger than this are deleted once their sizes are recorded.
 KEPT_OUTPUT_BYTES = 1 << 30
 
