@@ -655,6 +655,87 @@ def test_source_read_error_names_an_entry(tmp_path: Path) -> None:
         import_layer_from_tar(reader, tmp_path / "target")
 
 
+# Directories in the C runs
+
+NESTED_LAYER = tar(
+    directory("top/"),
+    file("top/a", "a"),
+    directory("top/sub/", 0o750, uid=7, gid=8),
+    file("top/sub/x", "x"),
+    directory("top/sub/deeper/", 0o700),
+    symlink("top/sub/deeper/up", "../x"),
+    directory("top/sub/deeper/deepest/", 0o555),
+    file("top/sub/b", "b"),
+    directory("top/other/", 0o3775),
+    file("top/z", "z"),
+    directory("second/"),
+    directory("second/inner/", 0o711),
+    file("second/inner/f", "f"),
+)
+
+
+@pytest.mark.parametrize(("target", "rootless"), TARGETS)
+def test_nested_directories_created_in_c(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, target: Target, rootless: bool
+) -> None:
+    in_c = compare_lanes(
+        monkeypatch, tmp_path, Case(NESTED_LAYER), target=target, rootless=rootless
+    )
+    if target == "overlay":
+        # The overlay applier's hook for new directories keeps them in Python.
+        assert not any(path.endswith(b"/") for path in in_c.created_in_c)
+        return
+    assert in_c.created_in_c == [
+        b"top/a",
+        b"top/sub/",
+        b"top/sub/x",
+        b"top/sub/deeper/",
+        b"top/sub/deeper/up",
+        b"top/sub/deeper/deepest/",
+        b"top/sub/b",
+        b"top/other/",
+        b"top/z",
+        b"second/inner/",
+        b"second/inner/f",
+    ]
+
+
+def existing_directory_and_file(target: Path, outside: Path) -> None:
+    """Put a directory at top/sub and a file at top/other before the layer."""
+    (target / "top/sub").mkdir(parents=True)
+    (target / "top/sub/old").write_bytes(b"old")
+    os.chmod(target / "top/sub", 0o700)
+    (target / "top/other").write_bytes(b"a file")
+
+
+def test_directories_that_exist_go_to_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A directory that exists is merged, and a file in the way replaced, by the applier."""
+    in_c = compare_lanes(
+        monkeypatch, tmp_path, Case(NESTED_LAYER, prepare=existing_directory_and_file)
+    )
+    assert b"top/sub/" not in in_c.created_in_c
+    assert b"top/other/" not in in_c.created_in_c
+    assert b"top/sub/deeper/" in in_c.created_in_c
+    assert (in_c.target / "top/sub/old").read_bytes() == b"old"
+    assert stat.S_IMODE(os.lstat(in_c.target / "top/sub").st_mode) == 0o750
+    assert stat.S_ISDIR(os.lstat(in_c.target / "top/other").st_mode)
+
+
+def test_tree_deeper_than_a_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Past MAX_DEPTH levels the applier takes a directory, and a new run starts below it."""
+    depth = filerun_module().MAX_DEPTH + 20
+    entries = [directory("d/")]
+    for level in range(1, depth + 1):
+        path = "d/" + "n/" * level
+        entries += [directory(path), file(path + "f", str(level))]
+    in_c = compare_lanes(monkeypatch, tmp_path, Case(tar(*entries)))
+    created_directories = [path for path in in_c.created_in_c if path.endswith(b"/")]
+    assert len(created_directories) == depth - 1
+    assert len(in_c.created_in_c) == 2 * depth - 1
+
+
 # Layers exported by ocilayer from generated trees
 
 # The base layer of each of these seeds has runs of plain files for the C code.
@@ -687,6 +768,8 @@ def test_generated_layers_identical(
     )
 
     assert base_in_c.created_in_c, pair.describe()
+    if target == "rootfs":
+        assert any(path.endswith(b"/") for path in base_in_c.created_in_c), pair.describe()
 
 
 # Hand-made layers: sizes, names, headers and what the target already contains
