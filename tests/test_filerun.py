@@ -19,6 +19,7 @@ import io
 import os
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -734,6 +735,77 @@ def test_tree_deeper_than_a_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     created_directories = [path for path in in_c.created_in_c if path.endswith(b"/")]
     assert len(created_directories) == depth - 1
     assert len(in_c.created_in_c) == 2 * depth - 1
+
+
+# Files created with their own mode
+
+MODE_LAYER = tar(
+    directory("d/"),
+    file("d/lead", "lead"),
+    *(file(f"d/m{mode:04o}", "x", mode) for mode in (0o644, 0o600, 0o755, 0o664, 0o000, 0o777)),
+    file("d/setuid", "s", 0o4755),
+    file("d/setgid-group", "g", 0o2750, gid=50),
+    file("d/other-owner", "o", 0o640, uid=1000, gid=1000),
+    directory("shared/", 0o2775, gid=50),
+    file("shared/lead", "lead"),
+    file("shared/root-group", "r", 0o644),
+    file("shared/own-group", "o", 0o644, gid=50),
+)
+MODE_EXPECTED = {
+    "d/m0644": (0o644, 0, 0),
+    "d/m0600": (0o600, 0, 0),
+    "d/m0755": (0o755, 0, 0),
+    "d/m0664": (0o664, 0, 0),
+    "d/m0000": (0o000, 0, 0),
+    "d/m0777": (0o777, 0, 0),
+    "d/setuid": (0o4755, 0, 0),
+    "d/setgid-group": (0o2750, 0, 50),
+    "d/other-owner": (0o640, 1000, 1000),
+    "shared/root-group": (0o644, 0, 0),
+    "shared/own-group": (0o644, 0, 50),
+}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_files_created_with_their_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, umask: int
+) -> None:
+    """The umask, special bits, other owners and a setgid directory all end as the entry says."""
+    previous = os.umask(umask)
+    try:
+        in_c = compare_lanes(monkeypatch, tmp_path, Case(MODE_LAYER))
+    finally:
+        os.umask(previous)
+    for path, expected in MODE_EXPECTED.items():
+        st = os.lstat(in_c.target / path)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == expected, path
+    assert b"shared/own-group" in in_c.created_in_c
+    assert b"d/m0000" in in_c.created_in_c
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_own_files_skip_fchown_and_fchmod(tmp_path: Path, pure: bool) -> None:
+    """Files this process owns with their mode need no fchown or fchmod after the create."""
+    own = [file(f"d/f{index:02}", "x", 0o644) for index in range(40)]
+    other = [file(f"e/f{index:02}", "x", 0o644, uid=1000) for index in range(10)]
+    layer_path = tmp_path / "layer.tar"
+    layer_path.write_bytes(tar(directory("d/"), *own, directory("e/"), *other))
+    trace_path = tmp_path / "trace"
+    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
+    if pure:
+        env[PURE_PYTHON] = "1"
+    subprocess.run(
+        ["strace", "-f", "-o", str(trace_path), "-e", "trace=fchown,fchmod",
+         sys.executable, "-m", "ocilayer", "apply", str(layer_path), str(tmp_path / "target")],
+        check=True, env=env, stdout=subprocess.DEVNULL, umask=0o022,
+    )  # fmt: skip
+    calls = [line.split("(")[0].split()[-1] for line in trace_path.read_text().splitlines()]
+    # Only the other owner's 10 files, created with mode 0600, and the directories d
+    # and e need them: none of the 40 files of this process's ids.
+    assert calls.count("fchown") == 10 + 2
+    assert calls.count("fchmod") == 10 + 2
+    st = os.lstat(tmp_path / "target/e/f03")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, 1000)
 
 
 # Layers exported by ocilayer from generated trees

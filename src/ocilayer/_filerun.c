@@ -7,8 +7,11 @@
  * true, it also takes plain directories, and entries in the directories it created.
  * It creates each one with the Python applier's system calls, in the same order:
  *
- *   - a file: an exclusive, non-following create with mode 0600, its data, then
- *     owner (when `chown` is true), mode and times;
+ *   - a file: an exclusive, non-following create, its data, then owner (when
+ *     `chown` is true), mode and times. A file without special bits that this
+ *     process's ids are to own (any owner when `chown` is false) is created with its
+ *     mode, and gets owner and mode only where an fstat shows the create did not
+ *     give them. Any other file is created with mode 0600;
  *   - a symlink: symlinkat, then owner (when `chown` is true) and times, neither
  *     following the link;
  *   - a directory: mkdirat with mode 0700, then through a descriptor opened for
@@ -53,9 +56,9 @@
 /* Larger files go to the Python applier, which copies them in chunks. */
 #define MAX_DATA (1 << 18)
 #define HOLE_SIZE 4096
-/* Levels of directories below the run's first directory that a run goes down. */
+/* Maximum number of levels a run goes down below its first directory. */
 #define MAX_DEPTH 64
-/* The longest entry path a USTAR header holds: prefix, slash, name. */
+/* Maximum length of an entry path in a USTAR header: prefix, slash, name. */
 #define MAX_USTAR_PATH 256
 
 typedef struct {
@@ -212,24 +215,44 @@ create_file(int dir_fd, const Plain *entry, const unsigned char *data, int chown
     char name[256];
     memcpy(name, entry->name, entry->name_length);
     name[entry->name_length] = 0;
-    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    mode_t mode = (mode_t)(entry->mode & 07777);
+    /* As the Python applier does, a file without special bits that this process's ids
+       are to own is created with its mode. An fstat of what the create made (the
+       umask, a setgid directory) then usually spares fchown and fchmod. */
+    int with_mode = (mode & 07000) == 0
+                    && (!chown_files
+                        || ((uid_t)entry->uid == geteuid() && (gid_t)entry->gid == getegid()));
+    int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    with_mode ? mode : 0600);
     if (fd < 0)
         return -1;
     struct timespec times[2];
     times[0].tv_sec = times[1].tv_sec = (time_t)entry->mtime;
     times[0].tv_nsec = times[1].tv_nsec = 0;
-    if (write_all(fd, data, (size_t)entry->size) != 0
-        || (chown_files && fchown(fd, (uid_t)entry->uid, (gid_t)entry->gid) != 0)
-        || fchmod(fd, (mode_t)(entry->mode & 07777)) != 0 || futimens(fd, times) != 0) {
-        close(fd);
-        unlinkat(dir_fd, name, 0);
-        return -1;
+    int set_owner = chown_files, set_mode = 1;
+    struct stat st;
+    if (write_all(fd, data, (size_t)entry->size) != 0)
+        goto failed;
+    if (with_mode) {
+        if (fstat(fd, &st) != 0)
+            goto failed;
+        set_owner = chown_files
+                    && (st.st_uid != (uid_t)entry->uid || st.st_gid != (gid_t)entry->gid);
+        set_mode = (st.st_mode & 07777) != mode;
     }
+    if ((set_owner && fchown(fd, (uid_t)entry->uid, (gid_t)entry->gid) != 0)
+        || (set_mode && fchmod(fd, mode) != 0) || futimens(fd, times) != 0)
+        goto failed;
     if (close(fd) != 0) {
         unlinkat(dir_fd, name, 0);
         return -1;
     }
     return 0;
+
+failed:
+    close(fd);
+    unlinkat(dir_fd, name, 0);
+    return -1;
 }
 
 /* Create one symlink; -1 when the Python applier should take the entry (nothing left). */

@@ -387,7 +387,9 @@ class Applier:
 
     def _write_regular(self, entry: Entry, dir_fd: int, name: bytes) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = self._created_by(os.open, dir_fd, name, name, flags, 0o600, dir_fd=dir_fd)
+        with_mode = self.metadata.creates_with_mode(entry)
+        mode = entry.mode if with_mode else 0o600
+        fd = self._created_by(os.open, dir_fd, name, name, flags, mode, dir_fd=dir_fd)
         try:
             ends_in_hole = False
             buffer = self._copy_buffer
@@ -410,7 +412,10 @@ class Applier:
                 # Seeking past the end does not grow a file. (A truncate in every case
                 # would cost ext4 a journal transaction per file.)
                 os.ftruncate(fd, entry.size)
-            self.metadata.apply_to_fd(fd, entry)
+            if with_mode:
+                self.metadata.apply_to_created(fd, entry)
+            else:
+                self.metadata.apply_to_fd(fd, entry)
         finally:
             os.close(fd)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Iterable
 
 from ocilayer.apply.errors import UNMAPPED_ID, ApplyError
@@ -54,6 +55,7 @@ class MetadataWriter:
 
     def __init__(self, *, rootless: bool) -> None:
         self.rootless = rootless
+        self._own_ids = (os.geteuid(), os.getegid())
         self._warned: dict[tuple[str, bytes], int] = {}
 
     def warn(self, kind: str, key: bytes, message: str) -> None:
@@ -67,6 +69,32 @@ class MetadataWriter:
             if count > 1:
                 subject = f"{kind} {show(key)}" if key else kind
                 logger.warning("%s: %d entries in all", subject, count)
+
+    def creates_with_mode(self, entry: Entry) -> bool:
+        """Return whether the regular file of `entry` is created with its own mode.
+
+        That is a file without xattrs or special bits that this process's ids are to
+        own (any owner, rootless). `apply_to_created` then sets its metadata. Any
+        other file is created with mode 0600, and `apply_to_fd` sets everything.
+        """
+        if entry.mode & 0o7000 or entry.xattrs:
+            return False
+        return self.rootless or (entry.uid, entry.gid) == self._own_ids
+
+    def apply_to_created(self, fd: int, entry: Entry) -> None:
+        """Set the metadata of the regular file `fd`, created with the entry's mode.
+
+        The umask or a setgid directory may have given it other bits or another group,
+        so one fstat decides whether it needs fchown and fchmod at all.
+        """
+        st = os.fstat(fd)
+        if not self.rootless and (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            _chown(entry, os.fchown, fd)
+        if stat.S_IMODE(st.st_mode) != entry.mode:
+            os.fchmod(fd, entry.mode)
+        mtime = entry.mtime_ns
+        atime = mtime if entry.atime_ns is None else entry.atime_ns
+        os.utime(fd, ns=(atime, mtime))
 
     def apply_to_fd(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the open regular file `fd`."""
