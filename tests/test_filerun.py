@@ -701,6 +701,34 @@ def test_nested_directories_created_in_c(
     ]
 
 
+@pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
+@pytest.mark.parametrize(
+    "later",
+    [
+        file("x/y/.wh.f"),
+        file("x/y/.wh..wh..opq"),
+        file(".wh.x"),
+        entry("x/y/f", b"6"),
+        directory("x/y/", 0o500),
+    ],
+    ids=["whiteout", "opaque", "whiteout-parent", "duplicate", "directory-again"],
+)
+def test_absolute_names_at_the_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, later: bytes, rootless: bool
+) -> None:
+    """`/x/` is the layer's `x`: C took it as `/x` and lost the layer's own paths."""
+    layer = tar(
+        file("top", "t"),
+        directory("/x/"),
+        directory("/x/y/", 0o750),
+        file("/x/y/f", "1"),
+        file("/x/g", "2"),
+        later,
+    )
+    in_c = compare_lanes(monkeypatch, tmp_path, Case(layer), rootless=rootless)
+    assert not any(path.startswith(b"/") for path in in_c.created_in_c)
+
+
 def existing_directory_and_file(target: Path, outside: Path) -> None:
     """Put a directory at top/sub and a file at top/other before the layer."""
     (target / "top/sub").mkdir(parents=True)

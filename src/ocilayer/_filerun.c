@@ -24,8 +24,9 @@
  * at anything else:
  *
  *   - a header that is not a USTAR header with octal fields and a valid unsigned
- *     checksum, or has another type than '0', '2' or '5', a name in another
- *     directory, a name component that is empty, `.`, `..` or starts with `.wh.`;
+ *     checksum, or has another type than '0', '2' or '5', an absolute name, a name
+ *     in another directory, a name component that is empty, `.`, `..` or starts
+ *     with `.wh.`;
  *   - a symlink with an empty target or a non-zero size field, a directory with a
  *     non-zero size field;
  *   - an entry whose data and padding are not all in `data`, data over MAX_DATA
@@ -170,6 +171,10 @@ parse_plain(const unsigned char *block, Plain *out)
     }
     out->path[length] = 0;
     out->path_length = length;
+    /* The reader drops a leading slash. Here `/x` would match the run's first level
+       when that is the root, and be reported as `/x`, so the applier takes it. */
+    if (length > 0 && out->path[0] == '/')
+        return -1;
 
     size_t base_start = length;
     while (base_start > 0 && out->path[base_start - 1] != '/')
