@@ -292,6 +292,26 @@ def test_apply_target_is_a_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"not a directory"
 
 
+def test_apply_target_cannot_be_created(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
+    try:
+        result = run("apply", str(layer), str(read_only / "target"))
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    message = result.stderr.decode()
+    assert message == (
+        f"ocilayer: error: cannot create or open the target directory "
+        f"'{read_only / 'target'}': Read-only file system; the target is on a read-only "
+        "filesystem\n"
+    )
+
+
 def test_apply_truncated_gzip_names_input(tmp_path: Path) -> None:
     layer = tmp_path / "layer.tar.gz"
     layer.write_bytes(gzip.compress(LAYER, mtime=0)[:-6])

@@ -127,12 +127,18 @@ def import_layer_from_tar(
 
     try:
         os.makedirs(path, exist_ok=True)
-    except FileExistsError:
+        root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileExistsError, NotADirectoryError):
         raise ApplyError(
             f"target {os.fspath(path)!r} exists and is not a directory; give the directory "
             "to apply the layer into"
         ) from None
-    root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ApplyError(
+            f"cannot create or open the target directory {os.fspath(path)!r}: "
+            f"{error.strerror or error}",
+            hint=_HINTS.get(error.errno or 0),
+        ) from error
     lower = None
     if target == "overlay":
         # Loaded here: only an overlay target reads lower layers.
