@@ -297,7 +297,9 @@ def test_apply_target_cannot_be_created(tmp_path: Path) -> None:
     layer.write_bytes(LAYER)
     read_only = tmp_path / "read-only"
     read_only.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], check=True
+    )
     try:
         result = run("apply", str(layer), str(read_only / "target"))
     finally:
