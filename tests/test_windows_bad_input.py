@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,36 @@ def test_huge_numbers_fail_cleanly(tmp_path: Path, record: bytes, message: bytes
     assert message in result.stderr
     assert b"Traceback" not in result.stderr
     assert b"digits" not in result.stderr
+
+
+def test_full_target_names_the_entry(tmp_path: Path) -> None:
+    """A write that fails with ENOSPC names the entry, not just Python's errno text."""
+    data = bytes(range(256)) * 1024
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(
+        encode_header(TarHeader(b"Files", typeflag=b"5", mode=0o755))
+        + encode_header(TarHeader(b"Files/small", size=1))
+        + b"s" + bytes(BLOCK_SIZE - 1)
+        + encode_header(TarHeader(b"Files/big", size=len(data)))
+        + data
+        + bytes(2 * BLOCK_SIZE)
+    )  # fmt: skip
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
+             str(small / "out")],
+            capture_output=True,
+            check=False,
+        )  # fmt: skip
+        left = sorted(os.listdir(small))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert result.returncode == 1
+    assert result.stderr == (
+        b"ocilayer: error: entry 'Files/big': writing it into the layer folder failed: "
+        b"No space left on device; free space on the target filesystem and import again\n"
+    )
+    assert left == []

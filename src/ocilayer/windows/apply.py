@@ -9,13 +9,15 @@ the alternate data stream entries that follow it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
 from typing import BinaryIO, Protocol
 
 from ocilayer.compression import open_decompressor
-from ocilayer.errors import Cancelled, LayerError
+from ocilayer.errors import Cancelled, LayerError, show
+from ocilayer.tarformat.encoder import TarHeader
 from ocilayer.windows.backupstream import BackupStreamWriter
 from ocilayer.windows.backuptar import (
     SddlConverter,
@@ -63,22 +65,45 @@ def write_layer_from_tar(
     while header is not None:
         if cancel is not None and cancel.is_set():
             raise Cancelled("Windows layer import cancelled")
-        directory, _, base = header.name.rpartition(b"/")
-        if base.startswith(WHITEOUT_PREFIX.encode()):
-            deleted = base[len(WHITEOUT_PREFIX) :]
-            layer.remove(_decode(directory + b"/" + deleted if directory else deleted))
-            header = tar.next()
-        elif header.typeflag == b"1":
-            layer.add_link(_decode(header.name), _decode(header.linkname))
-            header = tar.next()
-        else:
-            name, size, info = file_info_from_header(header)
-            sink = layer.add(name, info)
-            header = write_backup_stream_from_tar_file(
-                BackupStreamWriter(sink, source=name), tar, header, sddl_converter=sddl_converter
-            )
-            total += size
+        current = header
+        try:
+            header, size = _write_entry(tar, current, layer, sddl_converter)
+        except OSError as error:
+            raise LayerError(
+                f"entry {show(current.name)}: writing it into the layer folder failed: "
+                f"{error.strerror or error}{_hint(error)}"
+            ) from error
+        total += size
     return total
+
+
+def _write_entry(
+    tar: TarInput, header: TarHeader, layer: LayerWriter, sddl_converter: SddlConverter | None
+) -> tuple[TarHeader | None, int]:
+    """Write the entry of `header`; return the next header and the file data size."""
+    directory, _, base = header.name.rpartition(b"/")
+    if base.startswith(WHITEOUT_PREFIX.encode()):
+        deleted = base[len(WHITEOUT_PREFIX) :]
+        layer.remove(_decode(directory + b"/" + deleted if directory else deleted))
+        return tar.next(), 0
+    if header.typeflag == b"1":
+        layer.add_link(_decode(header.name), _decode(header.linkname))
+        return tar.next(), 0
+    name, size, info = file_info_from_header(header)
+    sink = layer.add(name, info)
+    following = write_backup_stream_from_tar_file(
+        BackupStreamWriter(sink, source=name), tar, header, sddl_converter=sddl_converter
+    )
+    return following, size
+
+
+def _hint(error: OSError) -> str:
+    """Return what to do about a failed write, after a semicolon, or nothing."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; free space on the target filesystem and import again"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "; import into a directory that this user may write"
+    return ""
 
 
 def _prepare_target(path: str) -> bool:
@@ -121,7 +146,6 @@ def import_windows_layer(
     )
     tar = TarInput(stream)
     try:
-        # NOTE: an OSError from writing an entry passes through without the entry's name.
         total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
         layer.close()
     except BaseException:
