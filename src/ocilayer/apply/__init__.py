@@ -17,6 +17,7 @@ one), so the caller should discard it, as containerd discards an unfinished snap
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -125,6 +126,7 @@ def import_layer_from_tar(
                 "applied, so discard it"
             )
 
+    created = not os.path.lexists(path)
     try:
         os.makedirs(path, exist_ok=True)
         root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -174,6 +176,12 @@ def import_layer_from_tar(
         if progress is not None:
             progress.update(progress.entries, hashing.size)
         written = applier.bytes_written
+    except BaseException:
+        if created:
+            # A stream rejected before its first entry leaves no empty target behind.
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
     finally:
         if applier is not None:
             applier.close()

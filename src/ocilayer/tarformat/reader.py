@@ -349,6 +349,11 @@ class TarReader:
                     "without the end-of-archive marker"
                 )
             if len(block) < BLOCK_SIZE:
+                if start == 0:
+                    raise TarFormatError(
+                        f"the stream is {len(block)} bytes, shorter than one tar header "
+                        f"({BLOCK_SIZE} bytes); it is not a tar, or it was cut short"
+                    )
                 raise TarFormatError(
                     f"tar stream is truncated inside the header at offset {start}; the "
                     "stream is cut short or not a tar"
