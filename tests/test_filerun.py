@@ -836,6 +836,48 @@ def test_own_files_skip_fchown_and_fchmod(tmp_path: Path, pure: bool) -> None:
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o644, 1000)
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
+def test_other_group_directory_gets_private_create(tmp_path: Path, pure: bool) -> None:
+    """In a setgid directory of another group, a file is created 0600, not 0770.
+
+    The kernel gives the new file the directory's group, and with the entry's mode
+    that group could open the file while its data is written, before the fchown.
+    """
+    names = {"own": ["own0", "own1", "own2"], "other": ["other0", "other1", "other2"]}
+    layer_path = tmp_path / "layer.tar"
+    layer_path.write_bytes(
+        tar(*(file(f"{parent}/{name}", "x", 0o770) for parent in names for name in names[parent]))
+    )
+    target = tmp_path / "target"
+    for parent, gid in (("own", 0), ("other", 60)):
+        (target / parent).mkdir(parents=True)
+        os.chown(target / parent, 0, gid)
+        os.chmod(target / parent, 0o2775)
+    trace_path = tmp_path / "trace"
+    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
+    if pure:
+        env[PURE_PYTHON] = "1"
+    subprocess.run(
+        ["strace", "-f", "-o", str(trace_path), "-e", "trace=openat",
+         sys.executable, "-m", "ocilayer", "apply", str(layer_path), str(target)],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    # A create reads like: openat(5, "own0", O_WRONLY|O_CREAT|O_EXCL|..., 0770) = 6
+    creates = {}
+    for line in trace_path.read_text().splitlines():
+        if "O_CREAT" in line:
+            name = line.split('"')[1]
+            creates[name] = line.rsplit(")", 1)[0].rsplit(", ", 1)[1]
+    assert creates == {
+        "own0": "0770", "own1": "0770", "own2": "0770",
+        "other0": "0600", "other1": "0600", "other2": "0600",
+    }  # fmt: skip
+    for parent in names:
+        for name in names[parent]:
+            st = os.lstat(target / parent / name)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o770, 0, 0), name
+
+
 # Layers exported by ocilayer from generated trees
 
 # The base layer of each of these seeds has runs of plain files for the C code.

@@ -9,9 +9,10 @@
  *
  *   - a file: an exclusive, non-following create, its data, then owner (when
  *     `chown` is true), mode and times. A file without special bits that this
- *     process's ids are to own (any owner when `chown` is false) is created with its
- *     mode, and gets owner and mode only where an fstat shows the create did not
- *     give them. Any other file is created with mode 0600;
+ *     process's ids are to own, in a directory of the process's group (any file
+ *     without special bits when `chown` is false), is created with its mode, and
+ *     gets owner and mode only where an fstat shows the create did not give them.
+ *     Any other file is created with mode 0600;
  *   - a symlink: symlinkat, then owner (when `chown` is true) and times, neither
  *     following the link;
  *   - a directory: mkdirat with mode 0700, then through a descriptor opened for
@@ -215,18 +216,22 @@ write_all(int fd, const unsigned char *data, size_t size)
 
 /* Create one file; -1 when the Python applier should take the entry (nothing left). */
 static int
-create_file(int dir_fd, const Plain *entry, const unsigned char *data, int chown_files)
+create_file(int dir_fd, const Plain *entry, const unsigned char *data, int chown_files,
+            long long dir_gid)
 {
     char name[256];
     memcpy(name, entry->name, entry->name_length);
     name[entry->name_length] = 0;
     mode_t mode = (mode_t)(entry->mode & 07777);
     /* As the Python applier does, a file without special bits that this process's ids
-       are to own is created with its mode. An fstat of what the create made (the
-       umask, a setgid directory) then usually spares fchown and fchmod. */
+       are to own, in a directory of its group, is created with its mode. (In another
+       group's directory, a setgid bit or the grpid mount option would give that group
+       the file's group bits until the fchown.) An fstat of what the create made then
+       shows whether the umask left anything for fchmod. */
     int with_mode = (mode & 07000) == 0
                     && (!chown_files
-                        || ((uid_t)entry->uid == geteuid() && (gid_t)entry->gid == getegid()));
+                        || ((uid_t)entry->uid == geteuid() && (gid_t)entry->gid == getegid()
+                            && dir_gid == entry->gid));
     int fd = openat(dir_fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                     with_mode ? mode : 0600);
     if (fd < 0)
@@ -316,6 +321,8 @@ typedef struct {
     char path[PATH_MAX + MAX_USTAR_PATH + 2];
     size_t lengths[MAX_DEPTH + 1];
     int fds[MAX_DEPTH + 1];
+    /* The group of the directory at each level, or -1 when unknown. */
+    long long gids[MAX_DEPTH + 1];
     int depth;
     Group *groups;
     size_t group_count, group_capacity;
@@ -443,6 +450,8 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
     memcpy(run->path, directory, (size_t)directory_length);
     run->lengths[0] = (size_t)directory_length;
     run->fds[0] = dir_fd;
+    struct stat directory_stat;
+    run->gids[0] = fstat(dir_fd, &directory_stat) == 0 ? (long long)directory_stat.st_gid : -1;
     const unsigned char *data = (const unsigned char *)buffer.buf;
     size_t length = (size_t)buffer.len;
     size_t offset = (size_t)position;
@@ -486,13 +495,15 @@ create_files(PyObject *Py_UNUSED(module), PyObject *args)
                 break;
             run->depth = level + 1;
             run->fds[run->depth] = created;
+            run->gids[run->depth] = chown_files ? entry.gid : -1;
             run->lengths[run->depth] = entry.path_length;
             memcpy(run->path, entry.path, entry.path_length);
             start_group(run, run->depth, entry.mode & 07777, entry.mtime);
             group_level = run->depth;
         } else {
             int failed = entry.typeflag == '2' ? create_symlink(fd, &entry, header, chown_files)
-                                               : create_file(fd, &entry, content, chown_files);
+                                               : create_file(fd, &entry, content, chown_files,
+                                                             run->gids[level]);
             if (failed)
                 break;
             if (group_level != level) {

@@ -387,7 +387,7 @@ class Applier:
 
     def _write_regular(self, entry: Entry, dir_fd: int, name: bytes) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with_mode = self.metadata.creates_with_mode(entry)
+        with_mode = self.metadata.creates_with_mode(entry, dir_fd)
         mode = entry.mode if with_mode else 0o600
         fd = self._created_by(os.open, dir_fd, name, name, flags, mode, dir_fd=dir_fd)
         try:

@@ -70,16 +70,21 @@ class MetadataWriter:
                 subject = f"{kind} {show(key)}" if key else kind
                 logger.warning("%s: %d entries in all", subject, count)
 
-    def creates_with_mode(self, entry: Entry) -> bool:
-        """Return whether the regular file of `entry` is created with its own mode.
+    def creates_with_mode(self, entry: Entry, dir_fd: int) -> bool:
+        """Return whether the regular file of `entry` is created in `dir_fd` with its mode.
 
         That is a file without xattrs or special bits that this process's ids are to
-        own (any owner, rootless). `apply_to_created` then sets its metadata. Any
-        other file is created with mode 0600, and `apply_to_fd` sets everything.
+        own, in a directory of the process's group (any file without xattrs or special
+        bits, rootless). `apply_to_created` then sets its metadata. Any other file is
+        created with mode 0600, and `apply_to_fd` sets everything. In a directory of
+        another group, a setgid bit or the grpid mount option would give that group
+        the file's group bits until the fchown, while the data is written.
         """
         if entry.mode & 0o7000 or entry.xattrs:
             return False
-        return self.rootless or (entry.uid, entry.gid) == self._own_ids
+        if self.rootless:
+            return True
+        return (entry.uid, entry.gid) == self._own_ids and os.fstat(dir_fd).st_gid == entry.gid
 
     def apply_to_created(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the regular file `fd`, created with the entry's mode.
