@@ -89,8 +89,8 @@ class MetadataWriter:
     def apply_to_created(self, fd: int, entry: Entry) -> None:
         """Set the metadata of the regular file `fd`, created with the entry's mode.
 
-        The umask or a setgid directory may have given it other bits or another group,
-        so one fstat decides whether it needs fchown and fchmod at all.
+        The umask may have cleared some of the mode's bits, so one fstat shows whether
+        fchmod is needed, and fchown too, in case the create gave another owner.
         """
         st = os.fstat(fd)
         if not self.rootless and (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
