@@ -72,6 +72,21 @@ def test_stdout_is_plain_tar(tree: Path) -> None:
     assert [item.name for item in read_tar(result.stdout)] == [b"etc/", b"etc/hosts"]
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_stdout_equals_file_output(tmp_path: Path, compression: str) -> None:
+    """The command ends without the interpreter's teardown; nothing of stdout is lost."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(3 << 20) + bytes(2 << 20))
+    (tree / "small").write_bytes(b"x" * 100)
+    output = tmp_path / "layer.out"
+    to_file = run("export", str(tree), "--compression", compression, "-o", str(output))
+    to_stdout = run("export", str(tree), "--compression", compression)
+    assert to_file.returncode == to_stdout.returncode == 0
+    assert len(to_stdout.stdout) == output.stat().st_size
+    assert to_stdout.stdout == output.read_bytes()
+
+
 def test_compression_option_overrides_name(tree: Path, tmp_path: Path) -> None:
     output = tmp_path / "layer.tar"
     result = run("export", str(tree), "-o", str(output), "--compression", "zstd")
