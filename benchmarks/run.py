@@ -166,8 +166,8 @@ class Workspace:
 PURE_PYTHON = "OCILAYER_PURE_PYTHON=1"
 # Seconds to wait after deleting many files. On an ext4 without a journal, as here,
 # the inode allocator skips free inodes deleted less than 60 s ago, or 360 s ago
-# while their inode table block is dirty (recently_deleted in fs/ext4/ialloc.c), and
-# new files dirty those blocks again. After 60 s, extractions were still 2-4x slower.
+# while their inode table block is dirty (recently_deleted in fs/ext4/ialloc.c).
+# New files dirty those blocks again, and after 60 s extractions were still 2-4x slower.
 INODE_PAUSE = 370
 # Outputs larger than this are deleted once their sizes are recorded.
 KEPT_OUTPUT_BYTES = 1 << 30

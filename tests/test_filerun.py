@@ -798,7 +798,7 @@ MODE_EXPECTED = {
 def test_files_created_with_their_mode(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, umask: int
 ) -> None:
-    """The umask, special bits, other owners and a setgid directory all end as the entry says."""
+    """Under any umask, with special bits, other owners or a setgid directory, files get the entry's mode and owner."""
     previous = os.umask(umask)
     try:
         in_c = compare_lanes(monkeypatch, tmp_path, Case(MODE_LAYER))
