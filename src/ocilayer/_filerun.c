@@ -8,11 +8,11 @@
  * It creates each one with the Python applier's system calls, in the same order:
  *
  *   - a file: an exclusive, non-following create, its data, then owner (when
- *     `chown` is true), mode and times. A file without special bits that this
- *     process's ids are to own, in a directory of the process's group (any file
- *     without special bits when `chown` is false), is created with its mode, and
- *     gets owner and mode only where an fstat shows the create did not give them.
- *     Any other file is created with mode 0600;
+ *     `chown` is true), mode and times. Some files are created with their own mode:
+ *     those without special bits that this process's ids are to own, in a
+ *     directory of the process's group (with `chown` false, any file without
+ *     special bits). They get owner and mode only where an fstat shows that the
+ *     create did not give them. Any other file is created with mode 0600;
  *   - a symlink: symlinkat, then owner (when `chown` is true) and times, neither
  *     following the link;
  *   - a directory: mkdirat with mode 0700, then through a descriptor opened for

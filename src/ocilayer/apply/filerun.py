@@ -16,7 +16,7 @@ marker, after which the applier's records, not only the disk, say which paths ex
 Without a compiler at install time, or with OCILAYER_PURE_PYTHON set to a non-empty
 value, the applier creates every file itself.
 
-NOTE: a run holds a descriptor for each level it went down, up to 64, and the
+NOTE: a run keeps a descriptor open for each level it went down, up to 64, and the
 directories it creates never enter the resolver's cache of up to 256. Under an
 RLIMIT_NOFILE near those numbers, the C and Python paths run out of descriptors
 at different entries, or only one of them does.
