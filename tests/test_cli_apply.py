@@ -315,6 +315,59 @@ def test_apply_target_cannot_be_created(tmp_path: Path) -> None:
     )
 
 
+def test_failed_apply_keeps_a_directory_reached_through_dotdot(tmp_path: Path) -> None:
+    """`missing/../existing` names a directory that existed: it is not the apply's to remove."""
+    layer = tmp_path / "notes.txt"
+    layer.write_bytes(b"hello\n")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = run("apply", str(layer), f"{tmp_path}/missing/../existing")
+    assert result.returncode == 1
+    assert existing.is_dir()
+
+
+def test_apply_target_below_a_file(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    (tmp_path / "file").write_bytes(b"x")
+    result = run("apply", str(layer), str(tmp_path / "file" / "sub"))
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: target '{tmp_path / 'file' / 'sub'}' is not a directory, or one of "
+        "its parents is a file; give a directory path to apply the layer into\n"
+    )
+
+
+def test_apply_with_stdout_closed(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    result = subprocess.run(
+        [sys.executable, "-m", "ocilayer", "apply", str(layer), str(tmp_path / "root")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stderr == b""
+    assert os.listdir(tmp_path / "root") != []
+
+
+def test_apply_json_to_a_full_device(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "ocilayer", "apply", "--json", str(layer),
+             str(tmp_path / "root")],
+            stdout=full, stderr=subprocess.PIPE, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    # One error line, whichever write finds the device full first, and no traceback or
+    # "Exception ignored" from a flush at exit.
+    assert result.stderr.startswith(b"ocilayer: error: ")
+    assert result.stderr.count(b"\n") == 1
+    assert b"No space left on device" in result.stderr
+
+
 def test_apply_truncated_gzip_names_input(tmp_path: Path) -> None:
     layer = tmp_path / "layer.tar.gz"
     layer.write_bytes(gzip.compress(LAYER, mtime=0)[:-6])

@@ -126,14 +126,18 @@ def import_layer_from_tar(
                 "applied, so discard it"
             )
 
-    created = not os.path.lexists(path)
     try:
-        os.makedirs(path, exist_ok=True)
+        created = _make_target(path)
         root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileExistsError, NotADirectoryError):
+    except FileExistsError:
         raise ApplyError(
             f"target {os.fspath(path)!r} exists and is not a directory; give the directory "
             "to apply the layer into"
+        ) from None
+    except NotADirectoryError:
+        raise ApplyError(
+            f"target {os.fspath(path)!r} is not a directory, or one of its parents is a "
+            "file; give a directory path to apply the layer into"
         ) from None
     except OSError as error:
         raise ApplyError(
@@ -194,6 +198,25 @@ def import_layer_from_tar(
         assert diff_id is not None  # digest is true whenever expected_diff_id is given
         raise DiffIdMismatchError(expected_diff_id, diff_id)
     return AppliedLayer(written, diff_id, compression)
+
+
+def _make_target(path: str | os.PathLike[str]) -> bool:
+    """Create the target directory if it is missing; return whether this call made it.
+
+    Only a directory that this call's own mkdir made counts, so a failed apply never
+    removes one that existed (`missing/../existing` makes `missing` and finds
+    `existing`) or that another process made at the same time.
+    """
+    try:
+        os.mkdir(path)
+        return True
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+        return False
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
 
 
 def _reporting(

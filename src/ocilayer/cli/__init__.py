@@ -7,6 +7,7 @@ interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -153,9 +154,15 @@ def entry_point() -> None:
     # main() has closed every file it opened, so after the standard streams are
     # flushed, the interpreter's teardown only frees memory: about 15 ms after a zstd
     # export of the benchmark rootfs. os._exit skips it.
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        sys.exit(status or EXIT_FAILURE)  # the normal exit reports the failed flush
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed when the command started (`>&-`)
+            continue
+        try:
+            stream.flush()
+        except OSError as error:
+            if status == EXIT_OK and stream is sys.stdout and sys.stderr is not None:
+                with contextlib.suppress(OSError):
+                    print(f"ocilayer: error: cannot write to standard output: "
+                          f"{error.strerror or error}", file=sys.stderr)  # fmt: skip
+            status = status or EXIT_FAILURE
     os._exit(status)
