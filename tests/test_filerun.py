@@ -811,6 +811,20 @@ def test_files_created_with_their_mode(
     assert b"d/m0000" in in_c.created_in_c
 
 
+def traced_apply(layer: Path, target: Path, calls: str, *, pure: bool) -> list[str]:
+    """Run `ocilayer apply` under strace with umask 022; return the trace of `calls`."""
+    trace_path = target.parent / "trace"
+    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
+    if pure:
+        env[PURE_PYTHON] = "1"
+    subprocess.run(
+        ["strace", "-f", "-o", str(trace_path), "-e", f"trace={calls}",
+         sys.executable, "-m", "ocilayer", "apply", str(layer), str(target)],
+        check=True, env=env, stdout=subprocess.DEVNULL, umask=0o022,
+    )  # fmt: skip
+    return trace_path.read_text().splitlines()
+
+
 @pytest.mark.parametrize("pure", [False, True], ids=["c", "python"])
 def test_own_files_skip_fchown_and_fchmod(tmp_path: Path, pure: bool) -> None:
     """Files this process owns with their mode need no fchown or fchmod after the create."""
@@ -818,16 +832,8 @@ def test_own_files_skip_fchown_and_fchmod(tmp_path: Path, pure: bool) -> None:
     other = [file(f"e/f{index:02}", "x", 0o644, uid=1000) for index in range(10)]
     layer_path = tmp_path / "layer.tar"
     layer_path.write_bytes(tar(directory("d/"), *own, directory("e/"), *other))
-    trace_path = tmp_path / "trace"
-    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
-    if pure:
-        env[PURE_PYTHON] = "1"
-    subprocess.run(
-        ["strace", "-f", "-o", str(trace_path), "-e", "trace=fchown,fchmod",
-         sys.executable, "-m", "ocilayer", "apply", str(layer_path), str(tmp_path / "target")],
-        check=True, env=env, stdout=subprocess.DEVNULL, umask=0o022,
-    )  # fmt: skip
-    calls = [line.split("(")[0].split()[-1] for line in trace_path.read_text().splitlines()]
+    lines = traced_apply(layer_path, tmp_path / "target", "fchown,fchmod", pure=pure)
+    calls = [line.split("(")[0].split()[-1] for line in lines]
     # Only the other owner's 10 files, created with mode 0600, and the directories d
     # and e need them: none of the 40 files of this process's ids.
     assert calls.count("fchown") == 10 + 2
@@ -853,18 +859,9 @@ def test_other_group_directory_gets_private_create(tmp_path: Path, pure: bool) -
         (target / parent).mkdir(parents=True)
         os.chown(target / parent, 0, gid)
         os.chmod(target / parent, 0o2775)
-    trace_path = tmp_path / "trace"
-    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
-    if pure:
-        env[PURE_PYTHON] = "1"
-    subprocess.run(
-        ["strace", "-f", "-o", str(trace_path), "-e", "trace=openat",
-         sys.executable, "-m", "ocilayer", "apply", str(layer_path), str(target)],
-        check=True, env=env, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
     # A create reads like: openat(5, "own0", O_WRONLY|O_CREAT|O_EXCL|..., 0770) = 6
     creates = {}
-    for line in trace_path.read_text().splitlines():
+    for line in traced_apply(layer_path, target, "openat", pure=pure):
         if "O_CREAT" in line:
             name = line.split('"')[1]
             creates[name] = line.rsplit(")", 1)[0].rsplit(", ", 1)[1]

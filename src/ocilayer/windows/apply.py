@@ -147,8 +147,8 @@ def import_windows_layer(
     tar = TarInput(stream)
     try:
         # NOTE: an entry's last buffered bytes reach the disk when the next entry
-        # starts or at close, so a full disk may be blamed on the next entry, or on
-        # none; and an error from abort() below can replace the first error.
+        # starts or at close, so a full disk may be blamed on the next entry or on
+        # none. An error from abort() below can also replace the first error.
         total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
         layer.close()
     except BaseException:
