@@ -2,7 +2,8 @@
 
 `ocilayer._packer` writes the common entries of a base layer export,
 `ocilayer._compare` compares file contents on its own thread during a diff export, and
-`ocilayer._filerun` creates runs of plain files and symlinks when a layer is applied.
+`ocilayer._filerun` creates runs of plain files and symlinks when a layer is applied,
+and `ocilayer._writeback` starts writing an output file to disk while it grows.
 """
 
 from setuptools import Extension, setup
@@ -12,5 +13,6 @@ setup(
         Extension("ocilayer._packer", sources=["src/ocilayer/_packer.c"], optional=True),
         Extension("ocilayer._filerun", sources=["src/ocilayer/_filerun.c"], optional=True),
         Extension("ocilayer._compare", sources=["src/ocilayer/_compare.c"], optional=True),
+        Extension("ocilayer._writeback", sources=["src/ocilayer/_writeback.c"], optional=True),
     ]
 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+from ocilayer.native import load_extension
 
 
 def _umask() -> int:
@@ -42,13 +45,17 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     If the block raises (KeyboardInterrupt included), the temporary file is removed
     and `path` is left as it was. The file gets mode 0666 minus the umask, as a
-    file created with open() would.
+    file created with open() would. When it replaces a file, its data is sent to disk
+    while it is written (see `_EarlyWriteback`).
     """
     target = os.fspath(path)
+    replaces = os.path.isfile(target)
     handle, temporary = _create_beside(target)
     try:
         os.fchmod(handle, 0o666 & ~_umask())
-        with os.fdopen(handle, "wb", buffering=0) as raw:
+        start = _writeback_start() if replaces else None
+        raw = io.FileIO(handle, "wb") if start is None else _EarlyWriteback(handle, start)
+        with raw:
             yield raw
         os.replace(temporary, target)
     except BaseException:
@@ -73,3 +80,36 @@ def _create_beside(target: str) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name beside {target!r} after 100 tries")
+
+
+def _writeback_start() -> Callable[[int, int, int], None] | None:
+    module = load_extension("_writeback")
+    return None if module is None else module.start
+
+
+class _EarlyWriteback(io.FileIO):
+    """A file that starts the writeback of each STEP bytes once they are written.
+
+    With its default auto_da_alloc option, ext4 writes all of a new file's data in the
+    rename that replaces an older file. For an 84 MB layer that took 60 ms at the end
+    of the run. Started while the layer grows, the same writes overlap the export.
+    """
+
+    STEP = 8 << 20
+
+    def __init__(self, handle: int, start: Callable[[int, int, int], None]) -> None:
+        super().__init__(handle, "wb")
+        self._start: Callable[[int, int, int], None] | None = start
+        self._written = 0
+        self._sent = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        count = super().write(data)
+        self._written += count
+        if self._written - self._sent >= self.STEP and self._start is not None:
+            try:
+                self._start(self.fileno(), self._sent, self._written - self._sent)
+            except OSError:  # The rename writes the data in any case.
+                self._start = None
+            self._sent = self._written
+        return count

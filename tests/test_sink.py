@@ -1,0 +1,139 @@
+"""Output files: the atomic rename, and the early writeback of a file that replaces another."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocilayer import sink
+from ocilayer.native import PURE_PYTHON, load_extension
+
+STEP = sink._EarlyWriteback.STEP
+
+
+@pytest.fixture(autouse=True)
+def extensions_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test with the extensions on, even when the suite runs with them off."""
+    monkeypatch.delenv(PURE_PYTHON, raising=False)
+
+
+def test_extension_starts_range_writeback(tmp_path: Path) -> None:
+    module = load_extension("_writeback")
+    assert module is not None, "ocilayer._writeback is not built: run `pip install -e .`"
+    path = tmp_path / "f"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 100_000)
+        handle.flush()
+        assert module.start(handle.fileno(), 0, 100_000) is None
+    with pytest.raises(OSError) as failure:
+        module.start(987_654, 0, 10)
+    assert failure.value.errno == 9  # EBADF
+    with pytest.raises(ValueError, match="must not be negative"):
+        module.start(0, -1, 10)
+
+
+def test_replacing_output_writes_back_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, size: int) -> None:
+        calls.append((offset, size))
+
+    monkeypatch.setattr(sink, "_writeback_start", lambda: record)
+    target = tmp_path / "layer.tar"
+    target.write_bytes(b"old")
+    with sink.atomic_output(target) as raw:
+        assert isinstance(raw, sink._EarlyWriteback)
+        for _ in range(5):
+            raw.write(b"a" * (STEP // 2 + 1))
+        assert target.read_bytes() == b"old"
+    # A range starts once STEP bytes are waiting. The rename writes the rest.
+    assert calls == [(0, STEP + 2), (STEP + 2, STEP + 2)]
+    assert target.stat().st_size == 5 * (STEP // 2 + 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.tar"]
+
+
+def test_new_output_has_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a rename over an existing file writes the data out, so a new file is left alone."""
+    monkeypatch.setattr(sink, "_writeback_start", lambda: pytest.fail("writeback asked for"))
+    target = tmp_path / "layer.tar"
+    with sink.atomic_output(target) as raw:
+        assert type(raw) is not sink._EarlyWriteback
+        raw.write(b"b" * (STEP + 1))
+    assert target.stat().st_size == STEP + 1
+
+
+def test_failed_writeback_stops_trying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def failing(fd: int, offset: int, size: int) -> None:
+        calls.append(offset)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(sink, "_writeback_start", lambda: failing)
+    target = tmp_path / "layer.tar"
+    target.write_bytes(b"old")
+    with sink.atomic_output(target) as raw:
+        for _ in range(3):
+            raw.write(b"c" * STEP)
+    assert calls == [0]
+    assert target.stat().st_size == 3 * STEP
+
+
+def test_failed_export_keeps_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "layer.tar"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), sink.atomic_output(target) as raw:
+        raw.write(b"d" * (STEP + 5))
+        raise RuntimeError("the export failed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.tar"]
+
+
+def _traced_export(tmp_path: Path, output: Path, pure: bool) -> list[str]:
+    layer = tmp_path / "layer"
+    layer.mkdir(exist_ok=True)
+    # Random bytes, so that zstd leaves the output about as large as the tar.
+    (layer / "data").write_bytes(os.urandom(20 << 20))
+    env = {name: value for name, value in os.environ.items() if name != PURE_PYTHON}
+    if pure:
+        env[PURE_PYTHON] = "1"
+    trace = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-f", "-o", str(trace), "-e", "trace=sync_file_range",
+         sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output),
+         "--compression", "zstd"],
+        check=True, env=env,
+    )  # fmt: skip
+    return [line for line in trace.read_text().splitlines() if "sync_file_range(" in line]
+
+
+def test_export_over_layer_traces_writeback(tmp_path: Path) -> None:
+    output = tmp_path / "layer.tar.zst"
+    assert _traced_export(tmp_path, output, pure=False) == []  # a new file
+    first = output.read_bytes()
+    calls = _traced_export(tmp_path, output, pure=False)
+    # Each line is sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) = 0.
+    # The ranges follow each other from 0, each at least STEP and less than 256 KiB more.
+    ranges = [tuple(int(field) for field in call.split(", ")[1:3]) for call in calls]
+    assert len(ranges) == 2, calls  # 20 MiB of random data: 8, 8 and the last 4 MiB
+    assert all(call.endswith("SYNC_FILE_RANGE_WRITE) = 0") for call in calls), calls
+    assert [offset for offset, _ in ranges] == [0, *(o + n for o, n in ranges[:-1])]
+    assert all(STEP <= length < STEP + (1 << 18) for _, length in ranges), ranges
+    end = ranges[-1][0] + ranges[-1][1]
+    assert 0 < output.stat().st_size - end < STEP + (1 << 18)
+    assert first != output.read_bytes()  # the second run's new random data
+    assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~_umask()
+    assert _traced_export(tmp_path, output, pure=True) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
