@@ -19,6 +19,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -531,10 +532,28 @@ def test_large_file_spans_items(tmp_path: Path) -> None:
     packed = [run for run in runs if isinstance(run, PackedEntries)]
     assert len(packed) >= 3
     assert [run.entries for run in packed] == [1] + [0] * (len(packed) - 1)
-    assert [run.directory for run in packed] == [None] * len(packed)
+    assert [run.directories for run in packed] == [()] * len(packed)
     (entry,) = split_tar(b"".join(run.data for run in packed)).entries
     assert entry.data == content
     assert_plain_header(entry, typeflag=b"0", size=len(content))
+
+
+def test_merge_joins_short_runs() -> None:
+    """Short runs are joined up to MERGE_SIZE, and a long run or an entry ends the join."""
+    limit = packed_module.MERGE_SIZE
+    fifo = cast(Entry, object())  # passed on as it is, never read
+    small = [PackedEntries(bytes([n]) * (limit // 4), 2, (b"d%d" % n,)) for n in range(6)]
+    long_run = PackedEntries(b"L" * limit, 1, ())
+    items: list[Entry | PackedEntries] = [*small[:5], long_run, small[5], fifo, small[0]]
+
+    merged = list(packed_module._merged(iter(items)))
+
+    first, second = merged[0], merged[1]
+    assert isinstance(first, PackedEntries)
+    assert first == PackedEntries(b"".join(run.data for run in small[:4]), 8,
+                                  (b"d0", b"d1", b"d2", b"d3"))  # fmt: skip
+    assert second == small[4]  # alone before the long run, so not copied
+    assert merged[2:] == [long_run, small[5], fifo, small[0]]
 
 
 @pytest.mark.parametrize("size", [MIB, 2 * MIB])
@@ -858,8 +877,8 @@ def test_unusual_child_inside_runs(monkeypatch: pytest.MonkeyPatch, make_tree: M
     before = [run for run in runs[:fifo] if isinstance(run, PackedEntries)]
     after = [run for run in runs[fifo + 1 :] if isinstance(run, PackedEntries)]
     assert before[0].data == entry_named(data, b"big/").raw()
-    assert before[0].directory == b"big"
-    assert [run.directory for run in before[1:] + after] == [None] * (len(runs) - 2)
+    assert before[0].directories == (b"big",)
+    assert [run.directories for run in before[1:] + after] == [()] * (len(runs) - 2)
     assert sum(run.entries for run in before + after) == 2401
     # The run before the FIFO ends with the last file before it, whole.
     assert split_tar(b"".join(run.data for run in before)).entries[-1].name == b"big/f1199"

@@ -183,8 +183,7 @@ class LayerTarWriter:
 
     def add_packed(self, packed: PackedEntries) -> None:
         """Write entries that the C packer finished, all of them additions with no parents."""
-        if packed.directory is not None:
-            self._written_dirs.add(packed.directory)
+        self._written_dirs.update(packed.directories)
         self.entries_written += packed.entries
         self._emit(packed.data)
 

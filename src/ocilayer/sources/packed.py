@@ -36,12 +36,18 @@ log = get_logger("ocilayer")
 class PackedEntries(NamedTuple):
     """Finished tar entries: headers, file data and padding.
 
-    `directory` is the layer path of the directory whose header ends `data`, or None.
+    `directories` are the layer paths of the directories whose headers are in `data`.
     """
 
     data: bytes
     entries: int
-    directory: bytes | None
+    directories: tuple[bytes, ...]
+
+
+# Runs shorter than this are joined before they pass to the writer's thread: the
+# rootfs export has 1,473 runs with a median of 512 bytes, each a hand-over between
+# threads. Joined, a zstd export of it took 524 ms instead of 534 ms.
+MERGE_SIZE = 256 << 10
 
 
 def load_packer() -> ModuleType | None:
@@ -67,7 +73,38 @@ def packed_changes(
         return None
     # The packer releases the GIL while it walks, so a worker thread walks while this
     # thread hashes and writes the previous run.
-    return read_ahead(_walk(source, packer, source_date_epoch, keep_nanoseconds))
+    return read_ahead(_merged(_walk(source, packer, source_date_epoch, keep_nanoseconds)))
+
+
+def _merged(items: Iterator[Entry | PackedEntries]) -> Iterator[Entry | PackedEntries]:
+    """Join consecutive runs shorter than MERGE_SIZE until a joined run reaches MERGE_SIZE.
+
+    A longer run and an `Entry` pass on as they are, after the runs joined so far.
+    """
+    pending: list[PackedEntries] = []
+    size = 0
+    for item in items:
+        if isinstance(item, PackedEntries) and len(item.data) < MERGE_SIZE:
+            pending.append(item)
+            size += len(item.data)
+            if size >= MERGE_SIZE:
+                yield _join(pending)
+                pending, size = [], 0
+            continue
+        if pending:
+            yield _join(pending)
+            pending, size = [], 0
+        yield item
+    if pending:
+        yield _join(pending)
+
+
+def _join(runs: list[PackedEntries]) -> PackedEntries:
+    if len(runs) == 1:
+        return runs[0]
+    data = b"".join(run.data for run in runs)
+    directories = tuple(path for run in runs for path in run.directories)
+    return PackedEntries(data, sum(run.entries for run in runs), directories)
 
 
 def _walk(
@@ -101,11 +138,11 @@ def _walk(
         if item[0] == packer.PACKED:
             _, data, count, child = item
             if child is None:
-                yield PackedEntries(data, count, None)
+                yield PackedEntries(data, count, ())
                 continue
             name, dev, ino = child
             path = prefix + name
-            yield PackedEntries(data, count, path)
+            yield PackedEntries(data, count, (path,))
             full = os.path.join(directory, name)
             stack.append((open_directory(full, path + b"/", (dev, ino)), full, path + b"/"))
             continue
