@@ -1262,7 +1262,7 @@ def test_truncated_stream_error_names_the_offset(tmp_path: Path) -> None:
 def test_cancel_before_the_first_entry(tmp_path: Path) -> None:
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(Cancelled, match="was cancelled; the target is partly applied"):
+    with pytest.raises(Cancelled, match="before its first entry; the new target was removed"):
         apply(hello_layer(), tmp_path / "root", cancel=cancel)
     # The apply created the target and nothing in it, so it removed it again.
     assert not (tmp_path / "root").exists()

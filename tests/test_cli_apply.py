@@ -324,6 +324,64 @@ def test_failed_apply_keeps_a_directory_reached_through_dotdot(tmp_path: Path) -
     result = run("apply", str(layer), f"{tmp_path}/missing/../existing")
     assert result.returncode == 1
     assert existing.is_dir()
+    assert not (tmp_path / "missing").exists()  # made by this apply, and empty
+
+
+def test_failed_apply_removes_made_parents(tmp_path: Path) -> None:
+    layer = tmp_path / "notes.txt"
+    layer.write_bytes(b"hello\n")
+    (tmp_path / "kept").mkdir()
+    for target in ("n1/n2/n3", "kept/n2/n3"):
+        result = run("apply", str(layer), str(tmp_path / target))
+        assert result.returncode == 1
+        assert "shorter than one tar header" in result.stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == ["kept", "notes.txt"]
+    assert os.listdir(tmp_path / "kept") == []
+
+
+def test_missing_parent_layer_leaves_no_target(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(LAYER)
+    target = tmp_path / "upper"
+    result = run("apply", str(layer), str(target), "--target", "overlay",
+                 "--parent", str(tmp_path / "no-such-layer"))  # fmt: skip
+    assert result.returncode == 1
+    assert "no-such-layer" in result.stderr.decode()
+    assert not target.exists()
+
+
+def test_wrong_diff_id_removes_empty_target(tmp_path: Path) -> None:
+    layer = tmp_path / "empty.tar"
+    layer.write_bytes(bytes(1024))
+    wrong = "sha256:" + "0" * 64
+    result = run("apply", str(layer), str(tmp_path / "new"), "--diff-id", wrong)
+    assert result.returncode == 1
+    assert f"expected {wrong}" in result.stderr.decode()
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    assert run("apply", str(layer), str(tmp_path / "old"), "--diff-id", wrong).returncode == 1
+    assert (tmp_path / "old").is_dir()
+
+
+def test_interrupt_before_first_entry_removes_new_target(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    process = subprocess.Popen(
+        [*OCILAYER, "apply", "-", str(root)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdin is not None
+    process.stdin.write(b"\0" * 100)  # less than one header, so the apply waits for more
+    process.stdin.flush()
+    for _ in range(100):
+        if root.exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert process.poll() is None, "the apply finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.decode() == f"ocilayer: interrupted; {root} was not left behind\n"
+    assert not root.exists()
 
 
 def test_apply_target_below_a_file(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ocilayer.errors import UnsafePathError
 from ocilayer.tarformat.encoder import BLOCK_SIZE, TarHeader, encode_header, format_pax_record
+from ocilayer.windows import import_windows_layer
+from ocilayer.windows.transport_writer import TransportWriter
 
 
 def pax_entry(record: bytes) -> bytes:
@@ -87,3 +91,39 @@ def test_full_target_names_the_entry(tmp_path: Path) -> None:
         b"No space left on device; free space on the target filesystem and import again\n"
     )
     assert left == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"hello\n", b"invalid tar stream: truncated header"),
+        (b"\x1f\x8b\x08\x00broken", b"ocilayer: error: "),
+    ],
+    ids=["text", "broken-gzip"],
+)
+def test_input_not_a_tar_leaves_no_folder(tmp_path: Path, data: bytes, message: bytes) -> None:
+    layer = tmp_path / "notes.txt"
+    layer.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
+         str(tmp_path / "out")],
+        capture_output=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_failed_abort_keeps_first_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error while the folder is cleaned up must not replace the error that stopped it."""
+    layer = encode_header(TarHeader(b"Files/../../x", size=0)) + bytes(2 * BLOCK_SIZE)
+
+    def broken_abort(self: TransportWriter) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(TransportWriter, "abort", broken_abort)
+    with pytest.raises(UnsafePathError):
+        import_windows_layer(io.BytesIO(layer), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -13,11 +13,12 @@ to the root, so an absolute or escaping link resolves inside the target, never o
 Malformed whiteouts (`.wh.`, `.wh..`, `.wh...`) and duplicate paths are rejected. A
 failed apply leaves the target partly applied (whole files only, never a truncated
 one), so the caller should discard it, as containerd discards an unfinished snapshot.
+Directories that the call created for the target, the target included, are removed
+again when the apply fails while they are still empty.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -126,36 +127,40 @@ def import_layer_from_tar(
                 "applied, so discard it"
             )
 
+    created_dirs: list[str] = []
     try:
-        created = _make_target(path)
+        created_dirs = _make_target(path)
         root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileExistsError:
+        _remove_made(created_dirs)
         raise ApplyError(
             f"target {os.fspath(path)!r} exists and is not a directory; give the directory "
             "to apply the layer into"
         ) from None
     except NotADirectoryError:
+        _remove_made(created_dirs)
         raise ApplyError(
             f"target {os.fspath(path)!r} is not a directory, or one of its parents is a "
             "file; give a directory path to apply the layer into"
         ) from None
     except OSError as error:
+        _remove_made(created_dirs)
         raise ApplyError(
             f"cannot create or open the target directory {os.fspath(path)!r}: "
             f"{error.strerror or error}",
             hint=_HINTS.get(error.errno or 0),
         ) from error
     lower = None
-    if target == "overlay":
-        # Loaded here: only an overlay target reads lower layers.
-        from ocilayer.apply.lower import LowerView
-        from ocilayer.apply.overlay import OverlayApplier
-
-        lower = LowerView(parent_layer_paths)
     applier: Applier | None = None
     written = 0
     try:
-        if lower is not None:
+        if target == "overlay":
+            # Loaded here: only an overlay target reads lower layers.
+            from ocilayer.apply.lower import LowerView
+            from ocilayer.apply.overlay import OverlayApplier
+
+            lower = LowerView(parent_layer_paths)
+
             privileged = (
                 not rootless and _in_initial_user_namespace() and _has_capability(_CAP_MKNOD)
             )
@@ -180,11 +185,14 @@ def import_layer_from_tar(
         if progress is not None:
             progress.update(progress.entries, hashing.size)
         written = applier.bytes_written
-    except BaseException:
-        if created:
-            # A stream rejected before its first entry leaves no empty target behind.
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+    except BaseException as error:
+        # A stream rejected before its first entry leaves no empty target behind.
+        _remove_made(created_dirs)
+        if created_dirs and isinstance(error, Cancelled) and not os.path.lexists(path):
+            raise Cancelled(
+                f"apply to {os.fspath(path)!r} was cancelled before its first entry; "
+                "the new target was removed"
+            ) from None
         raise
     finally:
         if applier is not None:
@@ -196,27 +204,54 @@ def import_layer_from_tar(
     diff_id = hashing.digest
     if expected_diff_id is not None and diff_id != expected_diff_id:
         assert diff_id is not None  # digest is true whenever expected_diff_id is given
+        _remove_made(created_dirs)  # an empty layer left the new target empty
         raise DiffIdMismatchError(expected_diff_id, diff_id)
     return AppliedLayer(written, diff_id, compression)
 
 
-def _make_target(path: str | os.PathLike[str]) -> bool:
-    """Create the target directory if it is missing; return whether this call made it.
+def _make_target(path: str | os.PathLike[str]) -> list[str]:
+    """Create the target directory and its missing parents; return those made, target last.
 
-    Only a directory that this call's own mkdir made counts, so a failed apply never
-    removes one that existed (`missing/../existing` makes `missing` and finds
+    Only directories that this call's own mkdir made are listed, so a failed apply
+    never removes one that existed (`missing/../existing` makes `missing` and finds
     `existing`) or that another process made at the same time.
     """
+    name = os.fspath(path)
     try:
-        os.mkdir(path)
-        return True
+        os.mkdir(name)
+        return [name]
     except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
-        return False
+        pass
     except FileExistsError:
-        if not os.path.isdir(path):
+        if not os.path.isdir(name):
             raise
-        return False
+        return []
+    head, tail = os.path.split(name)
+    if not tail:
+        head, tail = os.path.split(head)
+    created = _make_target(head) if head and tail else []
+    if tail in (os.curdir, os.pardir):
+        return created  # `new/.` or `new/..` is a directory once `new` is
+    try:
+        os.mkdir(name)
+    except FileExistsError:
+        if not os.path.isdir(name):
+            _remove_made(created)
+            raise
+        return created
+    except OSError:
+        _remove_made(created)
+        raise
+    return [*created, name]
+
+
+def _remove_made(directories: list[str]) -> None:
+    """Remove the directories `_make_target` made, deepest first, while they are empty."""
+    for name in reversed(directories):
+        try:
+            os.rmdir(name)
+        except OSError:
+            return
 
 
 def _reporting(

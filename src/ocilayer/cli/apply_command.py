@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -130,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.finish()
     except (KeyboardInterrupt, Cancelled):
-        print(
-            f"ocilayer: interrupted; {args.target} is partly applied, so discard it",
-            file=sys.stderr,
-        )
+        if os.path.lexists(args.target):
+            message = f"{args.target} is partly applied, so discard it"
+        else:
+            message = f"{args.target} was not left behind"
+        print(f"ocilayer: interrupted; {message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ApplyError as error:
         # The library's hint names parameters (rootless=True); name the options instead.

@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 
 from ocilayer.compression import open_decompressor
 from ocilayer.errors import Cancelled, LayerError, show
+from ocilayer.logs import get_logger
 from ocilayer.tarformat.encoder import TarHeader
 from ocilayer.windows.backupstream import BackupStreamWriter
 from ocilayer.windows.backuptar import (
@@ -29,6 +30,8 @@ from ocilayer.windows.export import WHITEOUT_PREFIX, PathArg, WindowsLayout
 from ocilayer.windows.fileinfo import FileBasicInfo
 from ocilayer.windows.tarstream import TarInput
 from ocilayer.windows.transport_writer import TransportWriter
+
+log = get_logger("ocilayer")
 
 
 class LayerWriter(Protocol):
@@ -140,23 +143,31 @@ def import_windows_layer(
     """
     target = os.fspath(path)
     created = _prepare_target(target)
-    stream, _ = open_decompressor(reader)
-    layer: LayerWriter = (
-        TransportWriter(target) if layout is WindowsLayout.TRANSPORT else BaseLayerWriter(target)
-    )
-    tar = TarInput(stream)
+    tar: TarInput | None = None
+    layer: LayerWriter | None = None
     try:
+        stream, _ = open_decompressor(reader)
+        tar = TarInput(stream)
+        if layout is WindowsLayout.TRANSPORT:
+            layer = TransportWriter(target)
+        else:
+            layer = BaseLayerWriter(target)
         # NOTE: an entry's last buffered bytes reach the disk when the next entry
-        # starts or at close, so a full disk may be blamed on the next entry or on
-        # none. An error from abort() below can also replace the first error.
+        # starts or at close, so a full disk may be blamed on the next entry or on none.
         total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
         layer.close()
     except BaseException:
-        layer.abort()
-        _remove_partial(target, created)
+        try:
+            if layer is not None:
+                layer.abort()
+        except Exception as error:  # the first error is the one to report
+            log.debug("aborting the layer folder %r after a failure: %s", target, error)
+        finally:
+            _remove_partial(target, created)
         raise
     finally:
-        tar.close()
+        if tar is not None:
+            tar.close()
     return total
 
 
