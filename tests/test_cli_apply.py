@@ -247,6 +247,15 @@ def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     assert not (tmp_path / "root").exists()
 
 
+def interrupt(process: subprocess.Popen[bytes]) -> bytes:
+    """Send SIGINT to a running apply, check that it exits with 130, and return its stderr."""
+    assert process.poll() is None, "the apply finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    return stderr
+
+
 def test_interrupt_exits_130_and_keeps_whole_files(tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert run("apply", "-", str(root), stdin=tar(file("big", "old"))).returncode == 0
@@ -260,10 +269,7 @@ def test_interrupt_exits_130_and_keeps_whole_files(tmp_path: Path) -> None:
     process.stdin.write(big[: 512 + 4096])
     process.stdin.flush()
     time.sleep(1.0)
-    assert process.poll() is None, "the apply finished before it could be interrupted"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130
+    stderr = interrupt(process)
     assert stderr.decode() == f"ocilayer: interrupted; {root} is partly applied, so discard it\n"
     assert listing(root) == {"big": "f 644 'old'"}
     assert os.listdir(root) == ["big"]
@@ -376,10 +382,7 @@ def test_interrupt_before_first_entry_removes_new_target(tmp_path: Path) -> None
             break
         time.sleep(0.05)
     time.sleep(0.3)
-    assert process.poll() is None, "the apply finished before it could be interrupted"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130
+    stderr = interrupt(process)
     assert stderr.decode() == f"ocilayer: interrupted; {root} was not left behind\n"
     assert not root.exists()
 

@@ -16,6 +16,12 @@ from ocilayer.windows import import_windows_layer
 from ocilayer.windows.transport_writer import TransportWriter
 
 
+def apply_windows(layer: Path, target: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run `ocilayer apply --target windows LAYER TARGET` and capture its output."""
+    command = [sys.executable, "-m", "ocilayer", "apply", "--target", "windows"]
+    return subprocess.run([*command, str(layer), str(target)], capture_output=True, check=False)
+
+
 def pax_entry(record: bytes) -> bytes:
     """A PAX header holding `record`, then an empty file entry, then the end blocks."""
     header = bytearray(encode_header(TarHeader(b"Files/f", pax_records={b"comment": b"x"})))
@@ -47,12 +53,7 @@ def pax_entry(record: bytes) -> bytes:
 def test_huge_numbers_fail_cleanly(tmp_path: Path, record: bytes, message: bytes) -> None:
     layer = tmp_path / "layer.tar"
     layer.write_bytes(pax_entry(record))
-    result = subprocess.run(
-        [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
-         str(tmp_path / "out")],
-        capture_output=True,
-        check=False,
-    )  # fmt: skip
+    result = apply_windows(layer, tmp_path / "out")
     assert result.returncode == 1
     assert result.stderr.startswith(b"ocilayer: error: ")
     assert message in result.stderr
@@ -76,12 +77,7 @@ def test_full_target_names_the_entry(tmp_path: Path) -> None:
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
-             str(small / "out")],
-            capture_output=True,
-            check=False,
-        )  # fmt: skip
+        result = apply_windows(layer, small / "out")
         left = sorted(os.listdir(small))
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -104,12 +100,7 @@ def test_full_target_names_the_entry(tmp_path: Path) -> None:
 def test_input_not_a_tar_leaves_no_folder(tmp_path: Path, data: bytes, message: bytes) -> None:
     layer = tmp_path / "notes.txt"
     layer.write_bytes(data)
-    result = subprocess.run(
-        [sys.executable, "-m", "ocilayer", "apply", "--target", "windows", str(layer),
-         str(tmp_path / "out")],
-        capture_output=True,
-        check=False,
-    )  # fmt: skip
+    result = apply_windows(layer, tmp_path / "out")
     assert result.returncode == 1
     assert message in result.stderr
     assert b"Traceback" not in result.stderr
