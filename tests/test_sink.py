@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -137,3 +138,69 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _export_with_size_limit(
+    layer: Path, output: Path, limit: int
+) -> subprocess.CompletedProcess[bytes]:
+    """Export `layer` to `output` with RLIMIT_FSIZE at `limit` bytes, as `ulimit -f` sets it."""
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return subprocess.run(
+        [sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
+        capture_output=True, check=False, preexec_fn=set_limit,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("replaces", [False, True], ids=["new", "replacing"])
+def test_short_write_fails_the_export(tmp_path: Path, replaces: bool) -> None:
+    """A write cut short by the file size limit fails the export instead of losing bytes."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "data").write_bytes(os.urandom(9 << 20))
+    output = tmp_path / "out" / "layer.tar"
+    output.parent.mkdir()
+    if replaces:
+        output.write_bytes(b"old")
+
+    # The limit ends inside the last write, which is then written in part.
+    result = _export_with_size_limit(layer, output, (9 << 20) + 512)
+
+    assert result.returncode == 1
+    assert result.stderr == b"ocilayer: error: cannot write the layer: File too large\n"
+    assert os.listdir(output.parent) == (["layer.tar"] if replaces else [])
+    if replaces:
+        assert output.read_bytes() == b"old"
+
+
+def test_refused_rename_reports_rename(tmp_path: Path) -> None:
+    """In an append-only directory the rename fails and so does the clean-up's unlink."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "f").write_bytes(b"data")
+    place = tmp_path / "append-only"
+    place.mkdir()
+    output = place / "layer.tar"
+    output.write_bytes(b"old")
+    subprocess.run(["chattr", "+a", str(place)], check=True)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        left = sorted(os.listdir(place))
+    finally:
+        subprocess.run(["chattr", "-a", str(place)], check=True)
+
+    assert result.returncode == 1
+    (partial,) = [name for name in left if name.endswith(".partial")]
+    assert left == [partial, "layer.tar"]
+    assert result.stderr.decode() == (
+        f"ocilayer: WARNING: cannot remove '{place / partial}': Operation not permitted; "
+        "remove it by hand\n"
+        f"ocilayer: error: cannot replace '{output}' with the new layer: "
+        "Operation not permitted\n"
+    )
+    assert output.read_bytes() == b"old"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,29 @@ def test_failed_abort_keeps_first_error(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(UnsafePathError):
         import_windows_layer(io.BytesIO(layer), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_short_write_names_the_entry(tmp_path: Path) -> None:
+    """A file write cut short by the file size limit fails, naming the entry."""
+    data = bytes(range(256)) * 8192  # 2 MiB
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(
+        encode_header(TarHeader(b"Files", typeflag=b"5", mode=0o755))
+        + encode_header(TarHeader(b"Files/big", size=len(data)))
+        + data
+        + bytes(2 * BLOCK_SIZE)
+    )  # fmt: skip
+
+    def set_limit() -> None:
+        # The limit ends 512 bytes before the end of the file data.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(data) - 512, resource.RLIM_INFINITY))
+
+    command = [sys.executable, "-m", "ocilayer", "apply", "--target", "windows"]
+    result = subprocess.run(
+        [*command, str(layer), str(tmp_path / "out")],
+        capture_output=True, check=False, preexec_fn=set_limit,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"ocilayer: error: entry 'Files/big': ")
+    assert b"File too large" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["layer.tar"]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from ocilayer.errors import OutputError
+from ocilayer.logs import get_logger
 from ocilayer.native import load_extension
+
+log = get_logger("ocilayer")
 
 
 def _umask() -> int:
@@ -22,9 +27,11 @@ def _umask() -> int:
 def open_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open an output path for a layer: atomically for a file, directly for anything else.
 
-    A symlink is followed, so `-o link` updates the file the link points at. A path
-    that exists and is not a regular file (a device such as /dev/null, a FIFO) is
-    written in place: renaming a temporary file over it would replace the device.
+    A symlink is followed, so `-o link` updates the file the link points at. A file
+    with several hard links gets a new inode, so its other names keep the old
+    content. A path that exists and is not a regular file (a device such as
+    /dev/null, a FIFO) is written in place: renaming a temporary file over it would
+    replace the device.
     """
     try:
         is_regular = stat.S_ISREG(os.stat(path).st_mode)
@@ -35,7 +42,7 @@ def open_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield raw
         return
     # open() follows the link, including /proc's magic links such as /dev/stdout.
-    with open(path, "wb", buffering=0) as raw:
+    with _OutputFile(path, "wb") as raw:
         yield raw
 
 
@@ -54,14 +61,28 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     try:
         os.fchmod(handle, 0o666 & ~_umask())
         start = _writeback_start() if replaces else None
-        raw = io.FileIO(handle, "wb") if start is None else _EarlyWriteback(handle, start)
+        raw = _OutputFile(handle, "wb") if start is None else _EarlyWriteback(handle, start)
         with raw:
             yield raw
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            raise OutputError(
+                f"cannot replace {target!r} with the new layer: {error.strerror or error}"
+            ) from error
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        _discard(temporary)
         raise
+
+
+def _discard(temporary: str) -> None:
+    """Remove a temporary output; a failure is logged, so that the first error is raised."""
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("cannot remove %r: %s; remove it by hand", temporary, error.strerror)
 
 
 def _create_beside(target: str) -> tuple[int, str]:
@@ -87,7 +108,26 @@ def _writeback_start() -> Callable[[int, int, int], None] | None:
     return None if module is None else module.start
 
 
-class _EarlyWriteback(io.FileIO):
+class _OutputFile(io.FileIO):
+    """An unbuffered output file whose `write` writes every byte or raises OSError.
+
+    `os.write` may write less than it was given, for example up to a file size limit
+    (RLIMIT_FSIZE), and the layer's writers count every byte as written.
+    """
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        with memoryview(data) as view, view.cast("B") as octets:
+            total = len(octets)
+            written = super().write(octets) or 0
+            while written < total:
+                count = super().write(octets[written:])
+                if not count:
+                    raise OSError(errno.EIO, "a write to the output wrote nothing")
+                written += count
+        return total
+
+
+class _EarlyWriteback(_OutputFile):
     """A file that starts the writeback of each STEP bytes once they are written.
 
     With its default auto_da_alloc option, ext4 writes all of a new file's data in the

@@ -43,6 +43,8 @@ class LayerWriter(Protocol):
 
     def remove(self, name: str) -> None: ...
 
+    def finish_entry(self) -> None: ...
+
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -97,6 +99,7 @@ def _write_entry(
     following = write_backup_stream_from_tar_file(
         BackupStreamWriter(sink, source=name), tar, header, sddl_converter=sddl_converter
     )
+    layer.finish_entry()
     return following, size
 
 
@@ -152,8 +155,6 @@ def import_windows_layer(
             layer = TransportWriter(target)
         else:
             layer = BaseLayerWriter(target)
-        # NOTE: an entry's last buffered bytes reach the disk when the next entry
-        # starts or at close, so a full disk may be blamed on the next entry or on none.
         total = write_layer_from_tar(tar, layer, cancel, sddl_converter)
         layer.close()
     except BaseException:

@@ -235,7 +235,9 @@ def restore_backup(fd: int, stream: BinaryIO, *, include_security: bool, where: 
             if is_dir and header.size:
                 raise LayerError(f"{where}: a directory cannot hold a data stream")
             while chunk := reader.read(_COPY_CHUNK):
-                os.write(fd, chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
         elif header.id == StreamId.SECURITY:
             if include_security:
                 set_xattr(fd, XATTR_SECURITY_DESCRIPTOR, reader.read_all(), where)

@@ -81,6 +81,10 @@ class PendingWriter:
             self._pending = None
         self._root.close()
 
+    def finish_entry(self) -> None:
+        """Complete the entry being written, so that a failed write is reported with it."""
+        self._finish()
+
     def _finish(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
