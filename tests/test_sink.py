@@ -36,6 +36,11 @@ def test_extension_starts_range_writeback(tmp_path: Path) -> None:
     assert failure.value.errno == 9  # EBADF
     with pytest.raises(ValueError, match="must not be negative"):
         module.start(0, -1, 10)
+    # stat -f prints the same f_type, in hex.
+    f_type_hex = subprocess.run(["stat", "-f", "-c", "%t", str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    with open(path, "rb") as handle:
+        assert module.filesystem_magic(handle.fileno()) == int(f_type_hex, 16)
 
 
 def test_replacing_output_writes_back_each_step(
@@ -46,7 +51,7 @@ def test_replacing_output_writes_back_each_step(
     def record(fd: int, offset: int, size: int) -> None:
         calls.append((offset, size))
 
-    monkeypatch.setattr(sink, "_writeback_start", lambda: record)
+    monkeypatch.setattr(sink, "_writeback_start", lambda handle: record)
     target = tmp_path / "layer.tar"
     target.write_bytes(b"old")
     with sink.atomic_output(target) as raw:
@@ -62,7 +67,7 @@ def test_replacing_output_writes_back_each_step(
 
 def test_new_output_has_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a rename over an existing file writes the data out, so a new file is left alone."""
-    monkeypatch.setattr(sink, "_writeback_start", lambda: pytest.fail("writeback asked for"))
+    monkeypatch.setattr(sink, "_writeback_start", lambda handle: pytest.fail("writeback asked"))
     target = tmp_path / "layer.tar"
     with sink.atomic_output(target) as raw:
         assert type(raw) is not sink._EarlyWriteback
@@ -77,7 +82,7 @@ def test_failed_writeback_stops_trying(tmp_path: Path, monkeypatch: pytest.Monke
         calls.append(offset)
         raise OSError(22, "Invalid argument")
 
-    monkeypatch.setattr(sink, "_writeback_start", lambda: failing)
+    monkeypatch.setattr(sink, "_writeback_start", lambda handle: failing)
     target = tmp_path / "layer.tar"
     target.write_bytes(b"old")
     with sink.atomic_output(target) as raw:
@@ -115,7 +120,13 @@ def _traced_export(tmp_path: Path, output: Path, pure: bool) -> list[str]:
     return [line for line in trace.read_text().splitlines() if "sync_file_range(" in line]
 
 
+def _filesystem(path: Path) -> str:
+    return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+
+
 def test_export_over_layer_traces_writeback(tmp_path: Path) -> None:
+    assert _filesystem(tmp_path) == "ext2/ext3", "this test needs its tmp_path on ext4"
     output = tmp_path / "layer.tar.zst"
     assert _traced_export(tmp_path, output, pure=False) == []  # a new file
     first = output.read_bytes()
@@ -132,6 +143,21 @@ def test_export_over_layer_traces_writeback(tmp_path: Path) -> None:
     assert first != output.read_bytes()  # the second run's new random data
     assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~_umask()
     assert _traced_export(tmp_path, output, pure=True) == []
+
+
+def test_no_writeback_off_ext4(tmp_path: Path) -> None:
+    """tmpfs does not write the data in the rename, so there is nothing to start early."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], check=True)
+    try:
+        output = mount / "layer.tar.zst"
+        output.write_bytes(b"old")
+        assert _filesystem(mount) == "tmpfs"
+        assert _traced_export(tmp_path, output, pure=False) == []
+        assert output.stat().st_size > 20 << 20
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _umask() -> int:

@@ -60,7 +60,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     handle, temporary = _create_beside(target)
     try:
         os.fchmod(handle, 0o666 & ~_umask())
-        start = _writeback_start() if replaces else None
+        start = _writeback_start(handle) if replaces else None
         raw = _OutputFile(handle, "wb") if start is None else _EarlyWriteback(handle, start)
         with raw:
             yield raw
@@ -103,9 +103,20 @@ def _create_beside(target: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {target!r} after 100 tries")
 
 
-def _writeback_start() -> Callable[[int, int, int], None] | None:
+# The f_type that fstatfs gives for ext2, ext3 and ext4.
+_EXT4_MAGIC = 0xEF53
+
+
+def _writeback_start(handle: int) -> Callable[[int, int, int], None] | None:
+    """Return the call that starts a range's writeback when `handle` is on ext4, or None.
+
+    Other filesystems do not write the data in the rename, so starting it early would
+    only add work.
+    """
     module = load_extension("_writeback")
-    return None if module is None else module.start
+    if module is None or module.filesystem_magic(handle) != _EXT4_MAGIC:
+        return None
+    return module.start  # type: ignore[no-any-return]
 
 
 class _OutputFile(io.FileIO):
