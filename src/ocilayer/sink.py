@@ -113,6 +113,8 @@ def _writeback_start(handle: int) -> Callable[[int, int, int], None] | None:
     Other filesystems do not write the data in the rename, so starting it early would
     only add work.
     """
+    # NOTE: an ext4 mounted with noauto_da_alloc does not write the data in the rename,
+    # and the mount options are not read here, so there the early start adds work.
     module = load_extension("_writeback")
     if module is None or module.filesystem_magic(handle) != _EXT4_MAGIC:
         return None
