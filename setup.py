@@ -1,9 +1,10 @@
 """Build the optional C extensions; without a compiler ocilayer installs and runs without them.
 
 `ocilayer._packer` writes the common entries of a base layer export,
-`ocilayer._compare` compares file contents on its own thread during a diff export, and
-`ocilayer._filerun` creates runs of plain files and symlinks when a layer is applied,
-and `ocilayer._writeback` starts writing an output file to disk while it grows.
+`ocilayer._compare` compares file contents on its own thread during a diff export,
+`ocilayer._filerun` creates runs of plain files, symlinks and directories when a layer
+is applied, and `ocilayer._writeback` starts writing an output file on ext4 to disk
+while it grows.
 """
 
 from setuptools import Extension, setup

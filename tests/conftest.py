@@ -7,7 +7,9 @@ import directly (pytest puts this folder on `sys.path`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if timings:
         text = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in sorted(timings.items()))
         terminalreporter.write_line(f"Go helper builds: {text}")
+
+
+@pytest.fixture
+def shared_directory() -> Iterator[Path]:
+    """A 0755 directory that user 65534 can enter, outside root's 0700 pytest tree."""
+    directory = Path(tempfile.mkdtemp(prefix="ocilayer-cli-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)

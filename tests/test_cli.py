@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from capabilities import AS_NOBODY
 from layer_helpers import read_tar, write
 from ocilayer import Cancelled, __version__, export_layer_to_tar
 from terminal import last_line, run_on_terminal
@@ -128,6 +130,7 @@ def test_failed_export_keeps_previous_output(tree: Path, tmp_path: Path) -> None
         (["--json"], {}, "--json prints to stdout, so it needs -o FILE"),
         ([], {"SOURCE_DATE_EPOCH": "yesterday"}, "SOURCE_DATE_EPOCH='yesterday' is not"),
         (["--xattrs", "some"], {}, "argument --xattrs: invalid choice: 'some'"),
+        (["--compresion", "zstd"], {}, "export: error: unrecognized arguments: --compresion zstd"),
         (["-o", "{dir}"], {}, "is a directory; give the path of the file to write"),
         (["-o", "{out}.tar.bz2"], {}, "OCI layers are plain, gzip or zstd"),
         (["--threads", "-1", "-o", "{out}.tar"], {}, "--threads -1 is out of range"),
@@ -344,3 +347,20 @@ def test_quiet_hides_progress(tree: Path, tmp_path: Path) -> None:
     )
     assert status == 0
     assert shown == b""
+
+
+def test_unreachable_output_directory(tree: Path, tmp_path: Path, shared_directory: Path) -> None:
+    """A directory that the user may not enter is not called missing."""
+    layer = shared_directory / "tree"
+    shutil.copytree(tree, layer)
+    hidden = tmp_path / "hidden"  # inside root's 0700 pytest directory
+    hidden.mkdir()
+    result = subprocess.run(
+        [*AS_NOBODY, *OCILAYER, "export", str(layer), "-o", str(hidden / "layer.tar")],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: -o '{hidden / 'layer.tar'}': cannot reach directory '{hidden}': "
+        "Permission denied\n"
+    )

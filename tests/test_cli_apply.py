@@ -7,13 +7,11 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from apply_helpers import (
     tar,
     whiteout,
 )
+from capabilities import AS_NOBODY
 from terminal import last_line, run_on_terminal
 
 OCILAYER = [sys.executable, "-m", "ocilayer"]
@@ -166,25 +165,11 @@ def test_not_a_tar_names_the_file(tmp_path: Path, content: bytes, message: str) 
     assert not (tmp_path / "root").exists()
 
 
-@pytest.fixture
-def shared_directory() -> Iterator[Path]:
-    """A 0755 directory that user 65534 can enter, outside root's 0700 pytest tree."""
-    directory = Path(tempfile.mkdtemp(prefix="ocilayer-cli-"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory)
-
-
 def run_failing(command: Sequence[str], stdin: bytes) -> str:
     """Run `command`, check that it exits with status 1 and return its stderr."""
     result = subprocess.run(command, input=stdin, capture_output=True, check=False)
     assert result.returncode == 1, result.stderr
     return result.stderr.decode()
-
-
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 
 def test_privilege_hint_names_the_option(shared_directory: Path) -> None:
@@ -352,8 +337,16 @@ def test_missing_parent_layer_leaves_no_target(tmp_path: Path) -> None:
     result = run("apply", str(layer), str(target), "--target", "overlay",
                  "--parent", str(tmp_path / "no-such-layer"))  # fmt: skip
     assert result.returncode == 1
-    assert "no-such-layer" in result.stderr.decode()
+    assert result.stderr.decode() == (
+        f"ocilayer: error: parent layer directory '{tmp_path / 'no-such-layer'}' does not "
+        "exist; pass the directories of the layers below the target, lowest first\n"
+    )
     assert not target.exists()
+    result = run("apply", str(layer), str(target), "--target", "overlay",
+                 "--parent", str(layer))  # fmt: skip
+    assert result.stderr.decode() == (
+        f"ocilayer: error: parent layer '{layer}' is not a directory; pass a layer directory\n"
+    )
 
 
 def test_wrong_diff_id_removes_empty_target(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from capabilities import AS_NOBODY
 from ocilayer import sink
 from ocilayer.native import PURE_PYTHON, load_extension
 
@@ -230,3 +231,45 @@ def test_refused_rename_reports_rename(tmp_path: Path) -> None:
         "Operation not permitted\n"
     )
     assert output.read_bytes() == b"old"
+
+
+def test_replaced_output_keeps_mode_and_owner(tmp_path: Path) -> None:
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "f").write_bytes(b"data")
+    output = tmp_path / "layer.tar"
+    output.write_bytes(b"old")
+    os.chmod(output, 0o640)
+    os.chown(output, 1234, 5678)
+    result = subprocess.run(
+        [sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
+        check=False, umask=0o022,
+    )  # fmt: skip
+    assert result.returncode == 0
+    st = output.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert output.read_bytes() != b"old"
+
+
+def test_read_only_output_not_replaced(shared_directory: Path) -> None:
+    """A user who may not write the file may not replace it, even in a writable directory."""
+    place = shared_directory / "place"
+    place.mkdir()
+    os.chmod(place, 0o777)
+    layer = place / "layer"
+    layer.mkdir()
+    (layer / "f").write_bytes(b"data")
+    output = place / "layer.tar"
+    output.write_bytes(b"old")
+    os.chmod(output, 0o444)
+    os.chown(output, 65534, 65534)
+    result = subprocess.run(
+        [*AS_NOBODY, sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: '{output}' is read-only; make it writable or remove it first\n"
+    )
+    assert output.read_bytes() == b"old"
+    assert sorted(os.listdir(place)) == ["layer", "layer.tar"]

@@ -51,15 +51,29 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside `path`, and rename it to `path` when the block succeeds.
 
     If the block raises (KeyboardInterrupt included), the temporary file is removed
-    and `path` is left as it was. The file gets mode 0666 minus the umask, as a
-    file created with open() would. When it replaces a file, its data is sent to disk
-    while it is written (see `_EarlyWriteback`).
+    and `path` is left as it was. A new file gets mode 0666 minus the umask, as a
+    file created with open() would. A file that is replaced keeps its permission
+    bits, and its owner when this process may give it. A file that this process may
+    not write is not replaced, because `tar -cf` or `cp` would not overwrite it
+    either. The data of a replacing file is sent to disk while it is written (see
+    `_EarlyWriteback`).
     """
     target = os.fspath(path)
-    replaces = os.path.isfile(target)
+    try:
+        old: os.stat_result | None = os.stat(target)
+    except OSError:  # missing, or unreadable: creating the temporary file reports it
+        old = None
+    replaces = old is not None and stat.S_ISREG(old.st_mode)
+    if replaces and not os.access(target, os.W_OK):
+        raise OutputError(f"{target!r} is read-only; make it writable or remove it first")
     handle, temporary = _create_beside(target)
     try:
-        os.fchmod(handle, 0o666 & ~_umask())
+        if old is not None and replaces:
+            with contextlib.suppress(PermissionError):
+                os.fchown(handle, old.st_uid, old.st_gid)
+            os.fchmod(handle, old.st_mode & 0o777)
+        else:
+            os.fchmod(handle, 0o666 & ~_umask())
         start = _writeback_start(handle) if replaces else None
         raw = _OutputFile(handle, "wb") if start is None else _EarlyWriteback(handle, start)
         with raw:

@@ -18,8 +18,10 @@ import stat
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ocilayer.apply.errors import ApplyError
 from ocilayer.apply.metadata import proc_path
 from ocilayer.apply.paths import list_directory, lstat_at, open_directory
+from ocilayer.errors import show
 
 _NAMESPACES = (b"trusted.", b"user.")
 
@@ -82,6 +84,24 @@ def _has_xattr(path: bytes, key: bytes) -> bool:
     return _get_xattr(path, key) is not None
 
 
+def _open_layer(path: bytes) -> int:
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ApplyError(
+            f"parent layer directory {show(path)} does not exist; pass the directories of "
+            "the layers below the target, lowest first"
+        ) from None
+    except NotADirectoryError:
+        raise ApplyError(
+            f"parent layer {show(path)} is not a directory; pass a layer directory"
+        ) from None
+    except OSError as error:
+        raise ApplyError(
+            f"cannot open parent layer directory {show(path)}: {error.strerror or error}"
+        ) from error
+
+
 class LowerView:
     """Read-only lookups in the merged parent layers, given lowest first."""
 
@@ -89,7 +109,7 @@ class LowerView:
         self._layer_fds: list[int] = []
         try:
             for path in parent_paths:
-                self._layer_fds.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                self._layer_fds.append(_open_layer(os.fsencode(path)))
         except BaseException:
             self.close()
             raise

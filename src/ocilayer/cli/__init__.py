@@ -118,7 +118,10 @@ def _configure_logging(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # parse_args would report them with the top-level usage, not the subcommand's.
+        getattr(args, "subparser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.debug)
     try:
         return _run(parser, args)

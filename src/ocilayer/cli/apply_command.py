@@ -50,7 +50,9 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="LOWER",
-        help="with --target overlay: a lower layer directory; repeat for each, lowest first",
+        help="with --target overlay: a lower layer directory; repeat for each, lowest "
+        "first. Without any, every whiteout of the layer is written, since nothing shows "
+        "that it hides nothing",
     )
     parser.add_argument(
         "--rootless",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -188,9 +189,19 @@ def _check_output_place(output: str) -> None:
     directory = os.path.dirname(os.path.abspath(output))
     # A missing path, like a missing layer directory, fails the run (status 1): the
     # command line itself is right.
-    if not os.path.exists(directory):
-        raise OutputError(f"-o {output!r}: directory {directory!r} does not exist; create it first")
-    if not os.path.isdir(directory):
+    try:
+        is_directory = stat.S_ISDIR(os.stat(directory).st_mode)
+    except FileNotFoundError:
+        raise OutputError(
+            f"-o {output!r}: directory {directory!r} does not exist; create it first"
+        ) from None
+    except NotADirectoryError:
+        is_directory = False
+    except OSError as error:
+        raise OutputError(
+            f"-o {output!r}: cannot reach directory {directory!r}: {error.strerror or error}"
+        ) from None
+    if not is_directory:
         raise OutputError(f"-o {output!r}: {directory!r} is not a directory")
     if os.path.isdir(output):
         raise UsageError(f"-o {output!r} is a directory; give the path of the file to write")
