@@ -1268,6 +1268,58 @@ def test_cancel_before_the_first_entry(tmp_path: Path) -> None:
     assert not (tmp_path / "root").exists()
 
 
+def test_made_directory_swapped_for_symlink_not_followed(tmp_path: Path) -> None:
+    """A layer that replaces a made parent with a symlink cannot steer the clean-up outside."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    data = tar(symlink("new", str(victim)), file("big", b"x" * 100_000))
+    # The target is `work` itself, reached through the new directories new and new/sub.
+    with pytest.raises(TarFormatError):
+        apply(data[:5000], Path(f"{work}/new/sub/../.."))
+    assert (victim / "sub").is_dir()
+    assert os.readlink(work / "new") == str(victim)
+
+
+def test_failed_apply_removes_each_empty_made_dir(tmp_path: Path) -> None:
+    """`x/../y` makes x and y: y contains the applied file and stays, the empty x goes."""
+    data = tar(file("a", "1"), file("big", b"x" * 100_000))
+    with pytest.raises(TarFormatError):
+        apply(data[:5000], Path(f"{tmp_path}/x/../y"))
+    assert sorted(os.listdir(tmp_path)) == ["y"]
+    assert listing(tmp_path / "y") == {"a": "f 644 '1'"}
+
+
+def test_cancel_into_dotdot_target_keeps_message(tmp_path: Path) -> None:
+    """With target `new/..`, removing new does not remove the target, so it is partly applied."""
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="was cancelled; the target is partly applied"):
+        apply(hello_layer(), Path(f"{tmp_path}/new/.."), cancel=cancel)
+    assert os.listdir(tmp_path) == []
+
+
+def test_interrupt_while_making_target_removes_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_mkdir = os.mkdir
+    made: list[str] = []
+
+    def interrupted_mkdir(path: str, *args: object, **kwargs: object) -> None:
+        if os.path.exists(os.path.dirname(path)) and len(made) == 2:
+            raise KeyboardInterrupt
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(path)
+
+    monkeypatch.setattr(os, "mkdir", interrupted_mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        apply(hello_layer(), tmp_path / "n1" / "n2" / "n3")
+    monkeypatch.undo()
+    assert made == [str(tmp_path / "n1"), str(tmp_path / "n1" / "n2")]
+    assert os.listdir(tmp_path) == []
+
+
 def test_rejected_stream_keeps_an_existing_target(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()

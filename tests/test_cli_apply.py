@@ -355,10 +355,15 @@ def test_wrong_diff_id_removes_empty_target(tmp_path: Path) -> None:
     wrong = "sha256:" + "0" * 64
     result = run("apply", str(layer), str(tmp_path / "new"), "--diff-id", wrong)
     assert result.returncode == 1
+    assert result.stderr.decode().endswith(
+        "the layer is corrupt or is not the one the image names, the new target was removed\n"
+    )
     assert f"expected {wrong}" in result.stderr.decode()
     assert not (tmp_path / "new").exists()
     (tmp_path / "old").mkdir()
-    assert run("apply", str(layer), str(tmp_path / "old"), "--diff-id", wrong).returncode == 1
+    result = run("apply", str(layer), str(tmp_path / "old"), "--diff-id", wrong)
+    assert result.returncode == 1
+    assert result.stderr.decode().endswith("so discard the target\n")
     assert (tmp_path / "old").is_dir()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import resource
 import stat
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from capabilities import AS_NOBODY
-from ocilayer import sink
+from ocilayer import Compression, export_layer_to_tar, sink
+from ocilayer.errors import OutputError
 from ocilayer.native import PURE_PYTHON, load_extension
 
 STEP = sink._EarlyWriteback.STEP
@@ -273,3 +276,26 @@ def test_read_only_output_not_replaced(shared_directory: Path) -> None:
     )
     assert output.read_bytes() == b"old"
     assert sorted(os.listdir(place)) == ["layer", "layer.tar"]
+
+
+class _FullDisk(io.RawIOBase):
+    """A writable stream that fails with ENOSPC on every write."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD], ids=str)
+def test_failed_last_compressed_write_is_output_error(
+    tmp_path: Path, compression: Compression
+) -> None:
+    """A small layer's compressed bytes are all written when the compressor closes."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "f").write_bytes(b"data")
+    with pytest.raises(OutputError) as raised:
+        export_layer_to_tar(_FullDisk(), layer, compression=compression)  # type: ignore[arg-type]
+    assert str(raised.value) == "cannot write the layer: No space left on device"

@@ -14,6 +14,7 @@ import pytest
 from ocilayer.errors import UnsafePathError
 from ocilayer.tarformat.encoder import BLOCK_SIZE, TarHeader, encode_header, format_pax_record
 from ocilayer.windows import import_windows_layer
+from ocilayer.windows.fileinfo import FILE_ATTRIBUTE_DIRECTORY, FileBasicInfo
 from ocilayer.windows.transport_writer import TransportWriter
 
 
@@ -145,3 +146,37 @@ def test_short_write_names_the_entry(tmp_path: Path) -> None:
     assert result.stderr.startswith(b"ocilayer: error: entry 'Files/big': ")
     assert b"File too large" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["layer.tar"]
+
+
+@pytest.mark.parametrize("name", ["Files/f", "Hives"], ids=["transport-file", "ordinary"])
+def test_abort_closes_every_descriptor(tmp_path: Path, name: str) -> None:
+    """abort() closes the entry's and the folder's descriptors, even when a close fails."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    before = set(os.listdir("/proc/self/fd"))
+    writer = TransportWriter(folder)
+    writer.add("Files", FileBasicInfo(attributes=FILE_ATTRIBUTE_DIRECTORY))
+    writer.add(name, FileBasicInfo(attributes=FILE_ATTRIBUTE_DIRECTORY if name == "Hives" else 0))
+    pending = writer._pending
+    assert pending is not None
+    real_close = pending.stream.close
+
+    def failing_close() -> None:
+        real_close()
+        raise OSError(5, "Input/output error")
+
+    pending.stream.close = failing_close  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.abort()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_missing_parent_of_folder(tmp_path: Path) -> None:
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(bytes(1024))
+    result = apply_windows(layer, tmp_path / "missing" / "out")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"ocilayer: error: cannot create the layer folder '{tmp_path / 'missing' / 'out'}': "
+        "its parent directory does not exist; create it first\n"
+    )

@@ -25,6 +25,13 @@ class OutputError(OcilayerError):
     """Writing the layer to its destination failed (disk full, closed pipe, ...)."""
 
 
+def layer_write_error(error: OSError) -> OutputError:
+    """Return the error for a failed write of the layer to its destination."""
+    if isinstance(error, BrokenPipeError):
+        return OutputError("cannot write the layer: the reading end of the pipe closed")
+    return OutputError(f"cannot write the layer: {error.strerror or error}")
+
+
 class Cancelled(OcilayerError):
     """The operation was cancelled before it finished."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from ocilayer.compression import Compression, open_compressor
 from ocilayer.digest import Descriptor, HashingWriter
 from ocilayer.entry import Entry
-from ocilayer.errors import Cancelled, LayerError, reason, show
+from ocilayer.errors import Cancelled, LayerError, layer_write_error, reason, show
 from ocilayer.logs import get_logger
 from ocilayer.progress import Progress
 from ocilayer.sources.packed import PackedEntries, packed_changes
@@ -110,7 +110,11 @@ def write_layer(
         tar = blob = HashingWriter(writer, hashing=digests)
     else:
         blob = HashingWriter(writer, hashing=digests)
-        compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
+        try:
+            # gzip writes its header here.
+            compressor = open_compressor(blob, compression, level, threads)  # type: ignore[arg-type]
+        except OSError as error:
+            raise layer_write_error(error) from error
         tar = HashingWriter(compressor, hashing=digests)
     options = options or RecipeOptions()
     tar_writer = LayerTarWriter(tar, reader.lookup, options)  # type: ignore[arg-type]
@@ -142,7 +146,10 @@ def write_layer(
             _abandon(compressor)
         raise
     if compressor is not None:
-        compressor.close()
+        try:
+            compressor.close()  # writes the compressor's last blocks
+        except OSError as error:
+            raise layer_write_error(error) from error
     blob.flush()
     if tar_writer.skipped_sockets:
         log.warning("%s", socket_warning(tar_writer.skipped_sockets))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import BinaryIO, NamedTuple
 
 from ocilayer.entry import ChangeKind, Entry, FileType, parent_of
-from ocilayer.errors import LayerError, OutputError, reason, show
+from ocilayer.errors import LayerError, layer_write_error, reason, show
 from ocilayer.logs import get_logger
 from ocilayer.sources.packed import PackedEntries
 from ocilayer.sources.snapshot import changed_size, open_regular
@@ -208,12 +208,8 @@ class LayerTarWriter:
         try:
             self._out.write(data)
             self._flushed += len(data)
-        except BrokenPipeError:
-            raise OutputError(
-                "cannot write the layer: the reading end of the pipe closed"
-            ) from None
         except OSError as error:
-            raise OutputError(f"cannot write the layer: {error.strerror or error}") from error
+            raise layer_write_error(error) from error
 
     def _header(self, entry: Entry) -> TarHeader:
         mtime_ns = entry.mtime_ns

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, NoReturn
 
@@ -127,26 +128,28 @@ def import_layer_from_tar(
                 "applied, so discard it"
             )
 
-    created_dirs: list[str] = []
+    target_name = os.fspath(path)
+    created_dirs: list[_MadeDirectory] = []
     try:
-        created_dirs = _make_target(path)
-        root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _make_target(target_name, created_dirs)
+            root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException:
+            _remove_made(created_dirs)
+            raise
     except FileExistsError:
-        _remove_made(created_dirs)
         raise ApplyError(
-            f"target {os.fspath(path)!r} exists and is not a directory; give the directory "
+            f"target {target_name!r} exists and is not a directory; give the directory "
             "to apply the layer into"
         ) from None
     except NotADirectoryError:
-        _remove_made(created_dirs)
         raise ApplyError(
-            f"target {os.fspath(path)!r} is not a directory, or one of its parents is a "
+            f"target {target_name!r} is not a directory, or one of its parents is a "
             "file; give a directory path to apply the layer into"
         ) from None
     except OSError as error:
-        _remove_made(created_dirs)
         raise ApplyError(
-            f"cannot create or open the target directory {os.fspath(path)!r}: "
+            f"cannot create or open the target directory {target_name!r}: "
             f"{error.strerror or error}",
             hint=_HINTS.get(error.errno or 0),
         ) from error
@@ -187,10 +190,10 @@ def import_layer_from_tar(
         written = applier.bytes_written
     except BaseException as error:
         # A stream rejected before its first entry leaves no empty target behind.
-        _remove_made(created_dirs)
-        if created_dirs and isinstance(error, Cancelled) and not os.path.lexists(path):
+        removed = _remove_made(created_dirs)
+        if isinstance(error, Cancelled) and target_name in removed:
             raise Cancelled(
-                f"apply to {os.fspath(path)!r} was cancelled before its first entry; "
+                f"apply to {target_name!r} was cancelled before its first entry; "
                 "the new target was removed"
             ) from None
         raise
@@ -204,54 +207,81 @@ def import_layer_from_tar(
     diff_id = hashing.digest
     if expected_diff_id is not None and diff_id != expected_diff_id:
         assert diff_id is not None  # digest is true whenever expected_diff_id is given
-        _remove_made(created_dirs)  # an empty layer left the new target empty
-        raise DiffIdMismatchError(expected_diff_id, diff_id)
+        removed = _remove_made(created_dirs)  # an empty layer left the new target empty
+        raise DiffIdMismatchError(expected_diff_id, diff_id, target_removed=target_name in removed)
     return AppliedLayer(written, diff_id, compression)
 
 
-def _make_target(path: str | os.PathLike[str]) -> list[str]:
-    """Create the target directory and its missing parents; return those made, target last.
+class _MadeDirectory(NamedTuple):
+    """A directory that `_make_target` created: its path and its identity."""
+
+    path: str
+    device: int
+    inode: int
+
+
+def _make_target(name: str, made: list[_MadeDirectory]) -> None:
+    """Create the target directory and its missing parents, appending each to `made`.
 
     Only directories that this call's own mkdir made are listed, so a failed apply
     never removes one that existed (`missing/../existing` makes `missing` and finds
-    `existing`) or that another process made at the same time.
+    `existing`) or that another process made at the same time. The list grows as
+    they are made, so an interrupt leaves it complete.
     """
-    name = os.fspath(path)
-    try:
-        os.mkdir(name)
-        return [name]
-    except FileNotFoundError:
-        pass
-    except FileExistsError:
-        if not os.path.isdir(name):
-            raise
-        return []
-    head, tail = os.path.split(name)
-    if not tail:
-        head, tail = os.path.split(head)
-    created = _make_target(head) if head and tail else []
-    if tail in (os.curdir, os.pardir):
-        return created  # `new/.` or `new/..` is a directory once `new` is
-    try:
-        os.mkdir(name)
-    except FileExistsError:
-        if not os.path.isdir(name):
-            _remove_made(created)
-            raise
-        return created
-    except OSError:
-        _remove_made(created)
-        raise
-    return [*created, name]
-
-
-def _remove_made(directories: list[str]) -> None:
-    """Remove the directories `_make_target` made, deepest first, while they are empty."""
-    for name in reversed(directories):
+    missing: list[str] = []
+    current = name
+    while True:
         try:
-            os.rmdir(name)
+            os.mkdir(current)
+        except FileNotFoundError:
+            head, tail = os.path.split(current)
+            if not tail:
+                head, tail = os.path.split(head)
+            if not head or not tail:
+                raise
+            missing.append(current)
+            current = head
+            continue
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise
+        else:
+            _record(current, made)
+        break
+    for current in reversed(missing):
+        if os.path.basename(current.rstrip(os.sep)) in (os.curdir, os.pardir):
+            continue  # `new/.` or `new/..` is a directory once `new` is
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            if not os.path.isdir(current):
+                raise
+        else:
+            _record(current, made)
+
+
+def _record(path: str, made: list[_MadeDirectory]) -> None:
+    st = os.lstat(path)
+    made.append(_MadeDirectory(path, st.st_dev, st.st_ino))
+
+
+def _remove_made(made: list[_MadeDirectory]) -> set[str]:
+    """Remove the empty directories of `made`, deepest first; return the paths removed.
+
+    A path whose lstat no longer shows the directory that was made is skipped: a
+    layer may have replaced a made directory with a symlink, and the path would
+    then lead outside the target.
+    """
+    removed: set[str] = set()
+    for path, device, inode in reversed(made):
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode):
+                os.rmdir(path)
+                removed.add(path)
         except OSError:
-            return
+            continue
+    return removed
 
 
 def _reporting(

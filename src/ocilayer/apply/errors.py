@@ -66,10 +66,11 @@ class ApplyError(OcilayerError):
 class DiffIdMismatchError(OcilayerError):
     """The diff_id of the applied tar stream is not the expected one."""
 
-    def __init__(self, expected: str, actual: str) -> None:
+    def __init__(self, expected: str, actual: str, *, target_removed: bool = False) -> None:
+        what_next = "the new target was removed" if target_removed else "so discard the target"
         super().__init__(
             f"wrong diff_id: expected {expected}, the layer's tar stream has {actual}; "
-            "the layer is corrupt or is not the one the image names, so discard the target"
+            f"the layer is corrupt or is not the one the image names, {what_next}"
         )
         self.expected = expected
         self.actual = actual

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.finish()
     except (KeyboardInterrupt, Cancelled):
-        if os.path.lexists(args.target):
+        # abspath folds `new/..` to the directory it names, which a removed `new` hides.
+        if os.path.lexists(os.path.abspath(args.target)):
             message = f"{args.target} is partly applied, so discard it"
         else:
             message = f"{args.target} was not left behind"

@@ -117,6 +117,11 @@ def _prepare_target(path: str) -> bool:
     try:
         os.mkdir(path)
         return True
+    except FileNotFoundError:
+        raise LayerError(
+            f"cannot create the layer folder {path!r}: its parent directory does not exist; "
+            "create it first"
+        ) from None
     except FileExistsError:
         if not os.path.isdir(path) or os.listdir(path):
             raise LayerError(

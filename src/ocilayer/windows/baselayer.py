@@ -10,6 +10,7 @@ with its security descriptor and its real times. Import writes the same layout b
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -136,7 +137,7 @@ class BaseLayerWriter(PendingWriter):
                 os.close(fd)
                 spool.close()
 
-        self._pending = PendingEntry(spool, finish)
+        self._pending = PendingEntry(spool, finish, functools.partial(os.close, fd))
         return spool
 
     def _write_bcd_backup(self, backup: str, spool: BinaryIO) -> None:

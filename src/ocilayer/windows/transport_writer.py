@@ -23,6 +23,7 @@ under `Files\\`, or both under `UtilityVM\\Files\\`), and a deleted path under
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -66,6 +67,8 @@ class PendingEntry:
 
     stream: BinaryIO
     finish: Callable[[], None]
+    # What abort() closes besides the stream: a descriptor that finish() would close.
+    release: Callable[[], None] | None = None
 
 
 class PendingWriter:
@@ -76,10 +79,16 @@ class PendingWriter:
 
     def abort(self) -> None:
         """Stop after a failure, leaving what was written so far."""
-        if self._pending is not None:
-            self._pending.stream.close()
-            self._pending = None
-        self._root.close()
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                try:
+                    pending.stream.close()
+                finally:
+                    if pending.release is not None:
+                        pending.release()
+        finally:
+            self._root.close()
 
     def finish_entry(self) -> None:
         """Complete the entry being written, so that a failed write is reported with it."""
@@ -275,7 +284,7 @@ class TransportWriter(PendingWriter):
                 os.close(fd)
                 spool.close()
 
-        self._pending = PendingEntry(spool, finish)
+        self._pending = PendingEntry(spool, finish, functools.partial(os.close, fd))
         return spool
 
     def _stream_has_reparse(self, spool: BinaryIO) -> bool:
