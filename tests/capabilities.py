@@ -15,7 +15,8 @@ CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 CAP_FOWNER = 3
 
-# Run a command as user and group 65534 (nobody), with no groups and no capabilities.
+# Run a command as user and group 65534 (the `nobody` account), with no supplementary
+# groups and no capabilities.
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
 
 _CAPABILITY_VERSION_3 = 0x20080522

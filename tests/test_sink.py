@@ -205,21 +205,30 @@ def test_short_write_fails_the_export(tmp_path: Path, replaces: bool) -> None:
         assert output.read_bytes() == b"old"
 
 
-def test_refused_rename_reports_rename(tmp_path: Path) -> None:
-    """In an append-only directory the rename fails and so does the clean-up's unlink."""
-    layer = tmp_path / "layer"
+def _small_layer(directory: Path) -> Path:
+    """Make a layer directory with one small file in `directory`."""
+    layer = directory / "layer"
     layer.mkdir()
     (layer / "f").write_bytes(b"data")
+    return layer
+
+
+def _export(layer: Path, output: Path, *prefix: str) -> subprocess.CompletedProcess[bytes]:
+    """Run `ocilayer export LAYER -o OUTPUT`, after `prefix` (such as a user switch)."""
+    command = [*prefix, sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)]
+    return subprocess.run(command, capture_output=True, check=False, umask=0o022)
+
+
+def test_refused_rename_reports_rename(tmp_path: Path) -> None:
+    """In an append-only directory the rename fails and so does the clean-up's unlink."""
+    layer = _small_layer(tmp_path)
     place = tmp_path / "append-only"
     place.mkdir()
     output = place / "layer.tar"
     output.write_bytes(b"old")
     subprocess.run(["chattr", "+a", str(place)], check=True)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
-            capture_output=True, check=False,
-        )  # fmt: skip
+        result = _export(layer, output)
         left = sorted(os.listdir(place))
     finally:
         subprocess.run(["chattr", "-a", str(place)], check=True)
@@ -237,17 +246,12 @@ def test_refused_rename_reports_rename(tmp_path: Path) -> None:
 
 
 def test_replaced_output_keeps_mode_and_owner(tmp_path: Path) -> None:
-    layer = tmp_path / "layer"
-    layer.mkdir()
-    (layer / "f").write_bytes(b"data")
+    layer = _small_layer(tmp_path)
     output = tmp_path / "layer.tar"
     output.write_bytes(b"old")
     os.chmod(output, 0o640)
     os.chown(output, 1234, 5678)
-    result = subprocess.run(
-        [sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
-        check=False, umask=0o022,
-    )  # fmt: skip
+    result = _export(layer, output)
     assert result.returncode == 0
     st = output.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
@@ -259,17 +263,12 @@ def test_read_only_output_not_replaced(shared_directory: Path) -> None:
     place = shared_directory / "place"
     place.mkdir()
     os.chmod(place, 0o777)
-    layer = place / "layer"
-    layer.mkdir()
-    (layer / "f").write_bytes(b"data")
+    layer = _small_layer(place)
     output = place / "layer.tar"
     output.write_bytes(b"old")
     os.chmod(output, 0o444)
     os.chown(output, 65534, 65534)
-    result = subprocess.run(
-        [*AS_NOBODY, sys.executable, "-m", "ocilayer", "export", str(layer), "-o", str(output)],
-        capture_output=True, check=False,
-    )  # fmt: skip
+    result = _export(layer, output, *AS_NOBODY)
     assert result.returncode == 1
     assert result.stderr.decode() == (
         f"ocilayer: error: '{output}' is read-only; make it writable or remove it first\n"
