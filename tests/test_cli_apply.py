@@ -435,3 +435,20 @@ def test_apply_truncated_gzip_names_input(tmp_path: Path) -> None:
     message = result.stderr.decode()
     assert f"'{layer}': gzip stream is truncated" in message
     assert "Traceback" not in message
+
+
+def test_unreadable_parent_layer_blames_parent(shared_directory: Path) -> None:
+    """A lower directory this user may not read is named as such, not as the target."""
+    lower = shared_directory / "lower"
+    (lower / "d").mkdir(parents=True)
+    (lower / "d").chmod(0o000)
+    work = shared_directory / "work"
+    work.mkdir()
+    os.chown(work, 65534, 65534)
+    command = [*AS_NOBODY, *OCILAYER, "apply", "-", str(work / "upper"), "--target", "overlay",
+               "--parent", str(lower), "--rootless"]  # fmt: skip
+    stderr = run_failing(command, tar(whiteout("d/.wh.x")))
+    assert stderr == (
+        "ocilayer: error: entry 'd/.wh.x' (offset 0): cannot read 'd/x' in the parent "
+        "layers: Permission denied; check that this user may read every --parent directory\n"
+    )

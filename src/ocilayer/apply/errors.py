@@ -29,6 +29,10 @@ NEEDS_MKNOD = Hint(
     "apply as root, or pass skip_devices=True to skip device nodes with a warning",
     "apply as root, or use --skip-devices to skip device nodes with a warning",
 )
+UNREADABLE_PARENT = Hint(
+    "check that this user may read every directory of parent_layer_paths",
+    "check that this user may read every --parent directory",
+)
 UNMAPPED_ID = Hint(
     "map it, or pass rootless=True to apply no file owners",
     "map it, or use --rootless to apply no file owners",

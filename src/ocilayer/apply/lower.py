@@ -18,7 +18,7 @@ import stat
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from ocilayer.apply.errors import ApplyError
+from ocilayer.apply.errors import UNREADABLE_PARENT, ApplyError
 from ocilayer.apply.metadata import proc_path
 from ocilayer.apply.paths import list_directory, lstat_at, open_directory
 from ocilayer.errors import show
@@ -102,6 +102,13 @@ def _open_layer(path: bytes) -> int:
         ) from error
 
 
+def _unreadable(path: bytes, error: OSError) -> ApplyError:
+    return ApplyError(
+        f"cannot read {show(path or b'.')} in the parent layers: {error.strerror or error}",
+        hint=UNREADABLE_PARENT,
+    )
+
+
 class LowerView:
     """Read-only lookups in the merged parent layers, given lowest first."""
 
@@ -129,7 +136,10 @@ class LowerView:
         """
         components = path.split(b"/")
         for layer_fd in reversed(self._layer_fds):
-            visibility, found = self._lookup_in(layer_fd, components)
+            try:
+                visibility, found = self._lookup_in(layer_fd, components)
+            except OSError as error:
+                raise _unreadable(path, error) from error
             if visibility is not Visibility.MISSING:
                 return visibility, found
         return Visibility.MISSING, None
@@ -140,7 +150,10 @@ class LowerView:
         hidden: set[bytes] = set()
         components = path.split(b"/") if path else []
         for layer_fd in reversed(self._layer_fds):
-            visibility, directory = self._open_in(layer_fd, components)
+            try:
+                visibility, directory = self._open_in(layer_fd, components)
+            except OSError as error:
+                raise _unreadable(path, error) from error
             if directory is None:
                 if visibility is Visibility.MISSING:
                     continue
