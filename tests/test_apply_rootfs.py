@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -1318,6 +1319,58 @@ def test_interrupt_while_making_target_removes_parents(
     monkeypatch.undo()
     assert made == [str(tmp_path / "n1"), str(tmp_path / "n1" / "n2")]
     assert os.listdir(tmp_path) == []
+
+
+def test_reused_inode_of_made_dir_not_removed(tmp_path: Path) -> None:
+    """A directory the layer makes after deleting a made one may reuse its inode number."""
+    work = tmp_path / "work"
+    work.mkdir()
+    layer = tar(symlink("new", "other"), directory("other/"), directory("other/sub/"))
+    with pytest.raises(TarFormatError):
+        apply(layer[:-1024] + b"x" * 512, Path(f"{work}/new/sub/../.."))
+    assert (work / "other" / "sub").is_dir()
+    assert os.readlink(work / "new") == "other"
+
+
+def test_target_through_symlink_and_dotdot(tmp_path: Path) -> None:
+    """`link/../new` is `far/new` for the kernel: that is the directory made and removed."""
+    (tmp_path / "far" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("far/deep")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "precious").write_bytes(b"p")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="the new target was removed"):
+        apply(hello_layer(), Path(f"{tmp_path}/link/../new"), cancel=cancel)
+    assert os.listdir(tmp_path / "far") == ["deep"]
+    assert (tmp_path / "new" / "precious").read_bytes() == b"p"
+
+
+@pytest.mark.parametrize("name", ["p/q/..", "r/s/.", "e//f/./"])
+def test_target_ending_in_dots_is_removed(tmp_path: Path, name: str) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="the new target was removed"):
+        apply(hello_layer(), Path(f"{tmp_path}/{name}"), cancel=cancel)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigint_blocked_while_making_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT waits until a new directory is held, so none is made without being known."""
+    real_mkdir = os.mkdir
+    masks: list[set[int | signal.Signals]] = []
+
+    def checking_mkdir(path: str, *args: object, **kwargs: object) -> None:
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", checking_mkdir)
+    apply(hello_layer(), tmp_path / "a" / "b")
+    assert len(masks) == 3  # a/b (missing parent), a, a/b
+    assert all(signal.SIGINT in mask for mask in masks)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_rejected_stream_keeps_an_existing_target(tmp_path: Path) -> None:

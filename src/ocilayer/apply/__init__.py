@@ -14,21 +14,27 @@ Malformed whiteouts (`.wh.`, `.wh..`, `.wh...`) and duplicate paths are rejected
 failed apply leaves the target partly applied (whole files only, never a truncated
 one), so the caller should discard it, as containerd discards an unfinished snapshot.
 Directories that the call created for the target, the target included, are removed
-again when the apply fails while they are still empty.
+again when the apply fails while they are still empty (see `ocilayer.apply.target`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, NoReturn
 
 from ocilayer.apply.applier import Applier, ApplyOptions
-from ocilayer.apply.errors import NEEDS_PRIVILEGES, ApplyError, DiffIdMismatchError, Hint
+from ocilayer.apply.errors import (
+    NEEDS_PRIVILEGES,
+    ApplyError,
+    ApplyInterrupted,
+    DiffIdMismatchError,
+    Hint,
+)
 from ocilayer.apply.filerun import FileRuns
 from ocilayer.apply.rootfs import RootfsApplier
+from ocilayer.apply.target import NewDirectories
 from ocilayer.compression import Compression, open_decompressor
 from ocilayer.digest import HashingReader
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError, show
@@ -129,13 +135,35 @@ def import_layer_from_tar(
             )
 
     target_name = os.fspath(path)
-    created_dirs: list[_MadeDirectory] = []
+    new_dirs = NewDirectories()
+    try:
+        return _apply(reader, target_name, new_dirs, parent_layer_paths, target, options,
+                      rootless, progress, digest, expected_diff_id, check_cancelled)  # fmt: skip
+    finally:
+        new_dirs.close()
+
+
+def _apply(
+    reader: BinaryIO,
+    target_name: str,
+    new_dirs: NewDirectories,
+    parent_layer_paths: Sequence[str | os.PathLike[str]],
+    target: Target,
+    options: ApplyOptions,
+    rootless: bool,
+    progress: Progress | None,
+    digest: bool,
+    expected_diff_id: str | None,
+    check_cancelled: Callable[[], None],
+) -> AppliedLayer:
     try:
         try:
-            _make_target(target_name, created_dirs)
-            root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except BaseException:
-            _remove_made(created_dirs)
+            new_dirs.make_target(target_name)
+            root_fd = os.open(target_name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException as error:
+            replacement = _after_failure(error, new_dirs, target_name, None)
+            if replacement is not None:
+                raise replacement from None
             raise
     except FileExistsError:
         raise ApplyError(
@@ -153,6 +181,8 @@ def import_layer_from_tar(
             f"{error.strerror or error}",
             hint=_HINTS.get(error.errno or 0),
         ) from error
+    root = os.fstat(root_fd)
+    root_id = (root.st_dev, root.st_ino)
     lower = None
     applier: Applier | None = None
     written = 0
@@ -190,12 +220,9 @@ def import_layer_from_tar(
         written = applier.bytes_written
     except BaseException as error:
         # A stream rejected before its first entry leaves no empty target behind.
-        removed = _remove_made(created_dirs)
-        if isinstance(error, Cancelled) and target_name in removed:
-            raise Cancelled(
-                f"apply to {target_name!r} was cancelled before its first entry; "
-                "the new target was removed"
-            ) from None
+        replacement = _after_failure(error, new_dirs, target_name, root_id)
+        if replacement is not None:
+            raise replacement from None
         raise
     finally:
         if applier is not None:
@@ -207,81 +234,34 @@ def import_layer_from_tar(
     diff_id = hashing.digest
     if expected_diff_id is not None and diff_id != expected_diff_id:
         assert diff_id is not None  # digest is true whenever expected_diff_id is given
-        removed = _remove_made(created_dirs)  # an empty layer left the new target empty
-        raise DiffIdMismatchError(expected_diff_id, diff_id, target_removed=target_name in removed)
+        removed = new_dirs.remove_empty()  # an empty layer left the new target empty
+        raise DiffIdMismatchError(expected_diff_id, diff_id, target_removed=root_id in removed)
     return AppliedLayer(written, diff_id, compression)
 
 
-class _MadeDirectory(NamedTuple):
-    """A directory that `_make_target` created: its path and its identity."""
+def _after_failure(
+    error: BaseException,
+    new_dirs: NewDirectories,
+    target_name: str,
+    root_id: tuple[int, int] | None,
+) -> BaseException | None:
+    """Remove the empty new directories; return the error to raise instead of `error`, if any.
 
-    path: str
-    device: int
-    inode: int
-
-
-def _make_target(name: str, made: list[_MadeDirectory]) -> None:
-    """Create the target directory and its missing parents, appending each to `made`.
-
-    Only directories that this call's own mkdir made are listed, so a failed apply
-    never removes one that existed (`missing/../existing` makes `missing` and finds
-    `existing`) or that another process made at the same time. The list grows as
-    they are made, so an interrupt leaves it complete.
+    `root_id` is the target's (device, inode) once it is open, and None before.
     """
-    missing: list[str] = []
-    current = name
-    while True:
-        try:
-            os.mkdir(current)
-        except FileNotFoundError:
-            head, tail = os.path.split(current)
-            if not tail:
-                head, tail = os.path.split(head)
-            if not head or not tail:
-                raise
-            missing.append(current)
-            current = head
-            continue
-        except FileExistsError:
-            if not os.path.isdir(current):
-                raise
-        else:
-            _record(current, made)
-        break
-    for current in reversed(missing):
-        if os.path.basename(current.rstrip(os.sep)) in (os.curdir, os.pardir):
-            continue  # `new/.` or `new/..` is a directory once `new` is
-        try:
-            os.mkdir(current)
-        except FileExistsError:
-            if not os.path.isdir(current):
-                raise
-        else:
-            _record(current, made)
-
-
-def _record(path: str, made: list[_MadeDirectory]) -> None:
-    st = os.lstat(path)
-    made.append(_MadeDirectory(path, st.st_dev, st.st_ino))
-
-
-def _remove_made(made: list[_MadeDirectory]) -> set[str]:
-    """Remove the empty directories of `made`, deepest first; return the paths removed.
-
-    A path whose lstat no longer shows the directory that was made is skipped: a
-    layer may have replaced a made directory with a symlink, and the path would
-    then lead outside the target.
-    """
-    removed: set[str] = set()
-    for path, device, inode in reversed(made):
-        try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (device, inode):
-                os.rmdir(path)
-                removed.add(path)
-        except OSError:
-            continue
-    return removed
+    removed = new_dirs.remove_empty()
+    if root_id is not None:
+        target_removed = root_id in removed
+    else:
+        target_removed = new_dirs.all_removed(removed)
+    if isinstance(error, Cancelled) and target_removed:
+        return Cancelled(
+            f"apply to {target_name!r} was cancelled before its first entry; "
+            "the new target was removed"
+        )
+    if isinstance(error, KeyboardInterrupt) and not isinstance(error, ApplyInterrupted):
+        return ApplyInterrupted(target_name, target_removed=target_removed)
+    return None
 
 
 def _reporting(

@@ -78,3 +78,17 @@ class DiffIdMismatchError(OcilayerError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) that stopped an apply; `target_removed` is whether the target is gone.
+
+    It is a KeyboardInterrupt, so code that catches that still catches it.
+    """
+
+    def __init__(self, target: str, *, target_removed: bool) -> None:
+        outcome = (
+            "the new target was removed" if target_removed else "the target is partly applied"
+        )
+        super().__init__(f"apply to {target!r} was interrupted; {outcome}")
+        self.target_removed = target_removed

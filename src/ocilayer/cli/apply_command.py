@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -114,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_windows(args)
     # Imported here, so that the other commands do not load the applier.
     from ocilayer.apply import ApplyError, import_layer_from_tar
+    from ocilayer.apply.errors import ApplyInterrupted
 
     progress = Progress.on_terminal("apply", quiet=args.quiet)
     try:
@@ -132,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
             )
         if progress is not None:
             progress.finish()
-    except (KeyboardInterrupt, Cancelled):
-        # abspath folds `new/..` to the directory it names, which a removed `new` hides.
-        if os.path.lexists(os.path.abspath(args.target)):
-            message = f"{args.target} is partly applied, so discard it"
-        else:
+    except ApplyInterrupted as interrupted:
+        if interrupted.target_removed:
             message = f"{args.target} was not left behind"
+        else:
+            message = f"{args.target} is partly applied, so discard it"
         print(f"ocilayer: interrupted; {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, Cancelled):
+        # Outside the apply itself: before it touched the target, or after it finished.
+        print(f"ocilayer: interrupted; check {args.target} or discard it", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ApplyError as error:
         # The library's hint names parameters (rootless=True); name the options instead.
