@@ -87,8 +87,6 @@ class ApplyInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, target: str, *, target_removed: bool) -> None:
-        outcome = (
-            "the new target was removed" if target_removed else "the target is partly applied"
-        )
+        outcome = "the new target was removed" if target_removed else "the target is partly applied"
         super().__init__(f"apply to {target!r} was interrupted; {outcome}")
         self.target_removed = target_removed
