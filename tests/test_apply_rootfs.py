@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from apply_helpers import (
     with_header_field,
 )
 from ocilayer.apply import ApplyError, DiffIdMismatchError, import_layer_from_tar
+from ocilayer.apply.errors import ApplyInterrupted
 from ocilayer.apply.paths import remove_tree
 from ocilayer.compression import Compression
 from ocilayer.errors import Cancelled, TarFormatError, UnsafePathError, show
@@ -1304,20 +1304,22 @@ def test_cancel_into_dotdot_target_keeps_message(tmp_path: Path) -> None:
 def test_interrupt_while_making_target_removes_parents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An interrupt that lands as the target's mkdir returns leaves no new directory."""
     real_mkdir = os.mkdir
     made: list[str] = []
 
     def interrupted_mkdir(path: str, *args: object, **kwargs: object) -> None:
-        if os.path.exists(os.path.dirname(path)) and len(made) == 2:
-            raise KeyboardInterrupt
         real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
         made.append(path)
+        if len(made) == 3:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "mkdir", interrupted_mkdir)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(ApplyInterrupted) as raised:
         apply(hello_layer(), tmp_path / "n1" / "n2" / "n3")
     monkeypatch.undo()
-    assert made == [str(tmp_path / "n1"), str(tmp_path / "n1" / "n2")]
+    assert made == ["n1", "n2", "n3"]  # each by name in its parent's descriptor
+    assert raised.value.target_removed
     assert os.listdir(tmp_path) == []
 
 
@@ -1353,24 +1355,6 @@ def test_target_ending_in_dots_is_removed(tmp_path: Path, name: str) -> None:
     with pytest.raises(Cancelled, match="the new target was removed"):
         apply(hello_layer(), Path(f"{tmp_path}/{name}"), cancel=cancel)
     assert os.listdir(tmp_path) == []
-
-
-def test_sigint_blocked_while_making_a_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SIGINT waits until a new directory is held, so none is made without being known."""
-    real_mkdir = os.mkdir
-    masks: list[set[int | signal.Signals]] = []
-
-    def checking_mkdir(path: str, *args: object, **kwargs: object) -> None:
-        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "mkdir", checking_mkdir)
-    apply(hello_layer(), tmp_path / "a" / "b")
-    assert len(masks) == 3  # a/b (missing parent), a, a/b
-    assert all(signal.SIGINT in mask for mask in masks)
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_rejected_stream_keeps_an_existing_target(tmp_path: Path) -> None:

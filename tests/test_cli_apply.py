@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -452,3 +453,23 @@ def test_unreadable_parent_layer_blames_parent(shared_directory: Path) -> None:
         "ocilayer: error: entry 'd/.wh.x' (offset 0): cannot read 'd/x' in the parent "
         "layers: Permission denied; check that this user may read every --parent directory\n"
     )
+
+
+def test_descriptor_limit_leaves_no_new_dirs(tmp_path: Path) -> None:
+    """Each new directory is held open: at the descriptor limit the apply fails cleanly."""
+    layer = tmp_path / "notes.txt"
+    layer.write_bytes(b"hello\n")
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    result = subprocess.run(
+        [*OCILAYER, "apply", str(layer), "n1/a/b/c/d/e/f/g/h"],
+        capture_output=True, check=False, cwd=tmp_path, preexec_fn=set_limit,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        "ocilayer: error: cannot create or open the target directory 'n1/a/b/c/d/e/f/g/h': "
+        "Too many open files\n"
+    )
+    assert os.listdir(tmp_path) == ["notes.txt"]

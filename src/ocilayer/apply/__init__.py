@@ -157,10 +157,14 @@ def _apply(
     check_cancelled: Callable[[], None],
 ) -> AppliedLayer:
     try:
+        root_fd = -1
         try:
             new_dirs.make_target(target_name)
             root_fd = os.open(target_name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            root = os.fstat(root_fd)
         except BaseException as error:
+            if root_fd >= 0:
+                os.close(root_fd)
             replacement = _after_failure(error, new_dirs, target_name, None)
             if replacement is not None:
                 raise replacement from None
@@ -181,7 +185,6 @@ def _apply(
             f"{error.strerror or error}",
             hint=_HINTS.get(error.errno or 0),
         ) from error
-    root = os.fstat(root_fd)
     root_id = (root.st_dev, root.st_ino)
     lower = None
     applier: Applier | None = None
@@ -253,7 +256,8 @@ def _after_failure(
     if root_id is not None:
         target_removed = root_id in removed
     else:
-        target_removed = new_dirs.all_removed(removed)
+        # Stopped while the target was being made: gone unless it existed before.
+        target_removed = new_dirs.target_existed is not True and not os.path.lexists(target_name)
     if isinstance(error, Cancelled) and target_removed:
         return Cancelled(
             f"apply to {target_name!r} was cancelled before its first entry; "
