@@ -1306,19 +1306,19 @@ def test_interrupt_while_making_target_removes_parents(
 ) -> None:
     """An interrupt that lands as the target's mkdir returns leaves no new directory."""
     real_mkdir = os.mkdir
-    made: list[str] = []
+    created_names: list[str] = []
 
     def interrupted_mkdir(path: str, *args: object, **kwargs: object) -> None:
         real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
-        made.append(path)
-        if len(made) == 3:
+        created_names.append(path)
+        if len(created_names) == 3:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "mkdir", interrupted_mkdir)
     with pytest.raises(ApplyInterrupted) as raised:
         apply(hello_layer(), tmp_path / "n1" / "n2" / "n3")
     monkeypatch.undo()
-    assert made == ["n1", "n2", "n3"]  # each by name in its parent's descriptor
+    assert created_names == ["n1", "n2", "n3"]  # each by name in its parent's descriptor
     assert raised.value.target_removed
     assert os.listdir(tmp_path) == []
 

@@ -28,7 +28,8 @@ class _OpenDirectory:
 
     `fd` is -1 while the directory is being created, and stays -1 when an interrupt
     or a failed open came after the mkdir. That only happens before the layer is
-    read, so a directory of that name in the parent is then the one this apply made.
+    read, so a directory of that name in the parent is then the one this apply made,
+    unless another process created the same name in the same instant.
     """
 
     parent_fd: int
